@@ -1,0 +1,123 @@
+"""The ASGI application: the webhook endpoint, and a lifespan that runs the store, the sinks and the worker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+from gateway.delivery import Lane, Worker
+from gateway.exceptions import StorageError, WebhookRejected
+from gateway.ingest import Ingest
+from gateway.routing import Router
+from gateway.store import store_for
+from gateway.store.base import Store
+
+logger = logging.getLogger(__name__)
+
+
+def build_worker(config: Config, store: Store, clock: Clock) -> Worker:
+    settings = config.settings
+    lanes = {
+        name: Lane(sink=sink, retry=settings.sinks[name].retry, concurrency=settings.sinks[name].concurrency,
+                   timeout=settings.sinks[name].timeout)
+        for name, sink in config.sinks.items()
+    }
+    return Worker(
+        store,
+        lanes,
+        clock=clock,
+        poll_interval=settings.worker.poll_interval,
+        lease_margin=settings.worker.lease_margin,
+        shutdown_grace=settings.worker.shutdown_grace,
+    )
+
+
+@asynccontextmanager
+async def running(config: Config, store: Store, worker: Worker | None) -> AsyncIterator[None]:
+    """The store open, the sinks open, and (when given) the worker delivering, for as long as the block runs."""
+    await store.open()
+    try:
+        async with AsyncExitStack() as sinks:
+            for sink in config.sinks.values():
+                await sink.open()
+                sinks.push_async_callback(sink.aclose)
+            async with anyio.create_task_group() as tasks:
+                if worker is not None:
+                    tasks.start_soon(worker.run)
+                try:
+                    yield
+                finally:
+                    if worker is not None:
+                        worker.stop()
+    finally:
+        await store.close()
+
+
+def create_app(
+    config: Config, *, store: Store | None = None, clock: Clock | None = None, run_worker: bool | None = None
+) -> Starlette:
+    clock = clock or SystemClock()
+    store = store or store_for(config.settings.storage.url)
+    worker = build_worker(config, store, clock)
+    ingest = Ingest(config.sources, Router(config.settings.routes), store, clock=clock, on_stored=worker.wake)
+    limit = config.settings.server.max_body_bytes
+    with_worker = config.settings.worker.enabled if run_worker is None else run_worker
+
+    async def receive_webhook(request: Request) -> Response:
+        try:
+            body = await _read_body(request, limit)
+            ack = await ingest.receive(request.path_params["source"], request.headers, body)
+        except WebhookRejected as rejected:
+            return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code)
+        except StorageError as error:
+            logger.error("webhook not acknowledged, storage failed: %s", error)
+            return JSONResponse(
+                {"error": "storage_unavailable", "detail": "the event could not be stored; retry later"},
+                503,
+                headers={"Retry-After": "30"},
+            )
+        return JSONResponse(ack.body, ack.status_code)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with running(config, store, worker if with_worker else None):
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/{source}", receive_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.worker = worker
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise WebhookRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise WebhookRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+    except ClientDisconnect:
+        raise WebhookRejected(400, "client_disconnected", "the client went away before sending the whole body") from None
+    return bytes(body)

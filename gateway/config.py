@@ -1,0 +1,247 @@
+"""The YAML configuration: `${VAR}` interpolation, validation, and errors that name the file, the key and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pluggy
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway._fields import annotation_at, model_in
+from gateway.durations import Duration
+from gateway.exceptions import ConfigError
+from gateway.plugins import sink_types, source_types
+from gateway.retry import RetryPolicy
+from gateway.routing import Route
+from gateway.sinks import Sink, SinkOptions
+from gateway.sources.base import Source, SourceOptions
+
+_VARIABLE = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+T = TypeVar("T")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Larger webhook bodies are answered 413")
+
+
+class StorageConfig(_Strict):
+    url: str = Field("sqlite:///gateway.db", description="sqlite:///relative.db or sqlite:////absolute.db")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError(f"{url!r} is not a storage URL this gateway knows; write e.g. sqlite:///data/gateway.db")
+        return url
+
+
+class WorkerConfig(_Strict):
+    enabled: bool = Field(True, description="Run the delivery worker inside `serve`")
+    poll_interval: Duration = Field(1.0, gt=0, description="How often the worker looks for due deliveries")
+    lease_margin: Duration = Field(30.0, ge=0, description="A claim lasts the sink's timeout plus this")
+    shutdown_grace: Duration = Field(10.0, ge=0, description="How long in-flight attempts may finish at shutdown")
+
+
+class SinkConfig(_Strict):
+    type: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    concurrency: int = Field(4, ge=1, description="Attempts in flight at once for this sink")
+    timeout: Duration = Field(10.0, gt=0, description="An attempt running longer is abandoned and retried")
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration: the file's settings, and every source and sink built from it."""
+
+    path: Path
+    settings: GatewayConfig
+    sources: dict[str, Source]
+    sinks: dict[str, Sink]
+
+
+def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
+    """Read, interpolate and validate `path`; raise ConfigError listing every problem found."""
+    path = Path(path)
+    raw = _interpolate(_read_yaml(path), path)
+    try:
+        settings = GatewayConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(path, error, GatewayConfig)) from None
+    problems: list[str] = []
+    sources = _build_sources(settings, source_types(manager), problems)
+    sinks = _build_sinks(settings, sink_types(manager), problems)
+    problems += _check_routes(settings)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
+    return Config(path=path, settings=settings, sources=sources, sinks=sinks)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration file ({error.strerror}); pass --config FILE") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (server, sources, sinks, routes)")
+    return data
+
+
+def _interpolate(node: Any, path: Path, where: tuple[str | int, ...] = ()) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string value; `$$` writes a literal `$`."""
+    if isinstance(node, dict):
+        return {key: _interpolate(value, path, (*where, key)) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(value, path, (*where, index)) for index, value in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1):
+            return "$"
+        name, default = match.group(2), match.group(3)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(
+                    f"{path}: {_dotted(where)}: environment variable {name} is not set; "
+                    f"export {name}=... or write ${{{name}:-default}}"
+                )
+            return default
+        return value
+
+    return _VARIABLE.sub(substitute, node)
+
+
+def _build_sources(settings: GatewayConfig, types: dict[str, type[Source]], problems: list[str]) -> dict[str, Source]:
+    sources: dict[str, Source] = {}
+    for name, raw in settings.sources.items():
+        where = ("sources", name)
+        if not _NAME.match(name):
+            problems.append(f"{_dotted(where)}: a source name is used in its URL; use lower-case letters, digits, - or _")
+            continue
+        cls = _plugin_class(raw.get("type", name), types, "source", where, problems)
+        if cls is None:
+            continue
+        options = _validate_options(cls.Options, {"type": cls.type_name, **raw}, where, problems)
+        if isinstance(options, SourceOptions):
+            sources[name] = cls(name, options)
+    return sources
+
+
+def _build_sinks(settings: GatewayConfig, types: dict[str, type[Sink]], problems: list[str]) -> dict[str, Sink]:
+    sinks: dict[str, Sink] = {}
+    for name, sink in settings.sinks.items():
+        cls = _plugin_class(sink.type, types, "sink", ("sinks", name), problems)
+        if cls is None:
+            continue
+        options = _validate_options(cls.Options, sink.options, ("sinks", name, "options"), problems)
+        if isinstance(options, SinkOptions):
+            sinks[name] = cls(name, options, timeout=sink.timeout)
+    return sinks
+
+
+def _plugin_class(
+    type_name: Any, types: dict[str, T], kind: str, where: tuple[str, ...], problems: list[str]
+) -> T | None:
+    if type_name in types:
+        return types[type_name]
+    guess = difflib.get_close_matches(str(type_name), types, n=1)
+    hint = f" (did you mean {guess[0]}?)" if guess else ""
+    installed = ", ".join(types) or "none"
+    problems.append(f"{_dotted((*where, 'type'))}: unknown {kind} type {type_name!r}{hint}; installed: {installed}")
+    return None
+
+
+def _validate_options(
+    model: type[BaseModel], raw: Any, where: tuple[str, ...], problems: list[str]
+) -> BaseModel | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems.extend(_problems(error, model, where))
+        return None
+
+
+def _check_routes(settings: GatewayConfig) -> list[str]:
+    problems = []
+    for index, route in enumerate(settings.routes):
+        for position, sink in enumerate(route.sinks):
+            if sink not in settings.sinks:
+                known = ", ".join(settings.sinks) or "none configured"
+                problems.append(f"routes.{index}.sinks.{position}: no sink named {sink!r}; sinks: {known}")
+        for position, source in enumerate(route.sources or ()):
+            if source not in settings.sources:
+                known = ", ".join(settings.sources) or "none configured"
+                problems.append(f"routes.{index}.sources.{position}: no source named {source!r}; sources: {known}")
+    return problems
+
+
+def _describe(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
+    return "\n".join(f"{path}: {problem}" for problem in _problems(error, model, ()))
+
+
+def _problems(error: ValidationError, model: type[BaseModel], prefix: tuple[str | int, ...]) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = tuple(part for part in item["loc"] if not _is_union_tag(part))
+        key = _dotted((*prefix, *loc))
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key; {_suggest(model, loc)}")
+        elif item["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            given = item.get("input")
+            shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) else ""
+            problems.append(f"{key}: {message}{shown}")
+    return problems
+
+
+def _suggest(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    parent = model_in(annotation_at(model, loc[:-1]))
+    allowed = list(parent.model_fields) if parent else []
+    guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    if guess:
+        return f"did you mean {guess[0]}?"
+    return f"allowed keys: {', '.join(allowed)}" if allowed else "remove it"
+
+
+def _is_union_tag(part: str | int) -> bool:
+    """pydantic puts the union member tried into error locations (`list[...]`, `str`); they are not keys."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+
+
+def _dotted(parts: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in parts)

@@ -1,0 +1,193 @@
+"""The delivery worker: claims due deliveries per sink, runs the sink, records the attempt, retries or dead-letters.
+
+Each sink has its own claim loop and its own concurrency limit, so a slow or failing sink never holds up another.
+The worker talks to the store through its protocol and never writes SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.clock import Clock, SystemClock
+from gateway.events import AppointmentEvent
+from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
+from gateway.retry import GiveUp, RetryPolicy, after_failure
+from gateway.sinks import Delivery, Sink
+from gateway.store.base import AttemptRecord, ClaimedDelivery, Outcome, Store, Transition
+
+logger = logging.getLogger(__name__)
+ERROR_EXCERPT = 500
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A sink as the worker drives it: the plugin's object plus the core's policy for it."""
+
+    sink: Sink
+    retry: RetryPolicy
+    concurrency: int
+    timeout: float
+
+    @property
+    def name(self) -> str:
+        return self.sink.name
+
+
+@dataclass(frozen=True)
+class _Result:
+    outcome: Outcome
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        lanes: Mapping[str, Lane],
+        *,
+        clock: Clock | None = None,
+        poll_interval: float = 1.0,
+        lease_margin: float = 30.0,
+        shutdown_grace: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.lanes = dict(lanes)
+        self.clock = clock or SystemClock()
+        self.owner = f"worker-{uuid.uuid4()}"
+        self.poll_interval = poll_interval
+        self.lease_margin = lease_margin
+        self.shutdown_grace = shutdown_grace
+        self.rng = rng or random.Random()
+        self._in_flight = dict.fromkeys(self.lanes, 0)
+        self._wakeups = {name: anyio.Event() for name in self.lanes}
+        self._stopping = False
+
+    def wake(self, sinks: Iterable[str] | None = None) -> None:
+        """New deliveries are due for these sinks (all when None): look now rather than at the next poll."""
+        for name in self.lanes if sinks is None else sinks:
+            if name in self._wakeups:
+                self._wakeups[name].set()
+
+    def stop(self) -> None:
+        """Claim nothing more; in-flight attempts get `shutdown_grace` seconds, then their leases are released."""
+        self._stopping = True
+        self.wake()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as lanes:
+            for lane in self.lanes.values():
+                lanes.start_soon(self._run_lane, lane)
+
+    async def run_due(self) -> int:
+        """Claim and attempt, once, everything due now on every sink; return how many attempts were made."""
+        made = 0
+        async with anyio.create_task_group() as attempts:
+            for lane in self.lanes.values():
+                made += await self._claim(lane, attempts)
+        return made
+
+    async def _run_lane(self, lane: Lane) -> None:
+        async with anyio.create_task_group() as attempts:
+            while not self._stopping:
+                self._wakeups[lane.name] = wakeup = anyio.Event()
+                claimed = await self._claim(lane, attempts)
+                if claimed and self._in_flight[lane.name] < lane.concurrency:
+                    continue  # there may be more due right now
+                with anyio.move_on_after(self.poll_interval):
+                    await wakeup.wait()
+            attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
+
+    async def _claim(self, lane: Lane, attempts: TaskGroup) -> int:
+        free = lane.concurrency - self._in_flight[lane.name]
+        if free <= 0:
+            return 0
+        now = self.clock.now()
+        try:
+            claimed = await self.store.claim(
+                lane.name, limit=free, now=now, owner=self.owner, lease_until=now + lane.timeout + self.lease_margin
+            )
+        except StorageError as error:
+            logger.error("cannot claim deliveries for sink %s: %s", lane.name, error)
+            return 0
+        for delivery in claimed:
+            self._in_flight[lane.name] += 1
+            attempts.start_soon(self._attempt, lane, delivery)
+        return len(claimed)
+
+    async def _attempt(self, lane: Lane, claimed: ClaimedDelivery) -> None:
+        number = claimed.attempts + 1
+        started_at = self.clock.now()
+        began = time.perf_counter()
+        try:
+            result = await self._deliver(lane, claimed, number)
+            duration_ms = (time.perf_counter() - began) * 1000
+            transition = self._transition(lane, claimed, number, result)
+            attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.error)
+            if transition.status == "dead":
+                logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)
+            await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
+        except StorageError as error:
+            logger.error("cannot record attempt %d of delivery %s (it will be retried): %s", number, claimed.id, error)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._release(claimed)
+            raise
+        finally:
+            self._in_flight[lane.name] -= 1
+            self.wake([lane.name])
+
+    async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
+        try:
+            event = AppointmentEvent.model_validate_json(claimed.canonical)
+            with anyio.fail_after(lane.timeout):
+                receipt = await lane.sink.deliver(event, Delivery(id=claimed.id, sink=lane.name, attempt=number))
+        except PermanentDeliveryError as error:
+            return _Result("permanent", error.status_code, _excerpt(error))
+        except RetryableDeliveryError as error:
+            return _Result("retryable", error.status_code, _excerpt(error), error.retry_after)
+        except TimeoutError:
+            return _Result("retryable", error=f"timed out after {lane.timeout:g}s")
+        except Exception as error:
+            logger.exception("sink %s raised an unexpected error on delivery %s", lane.name, claimed.id)
+            return _Result("retryable", error=_excerpt(error, f"{type(error).__name__}: "))
+        if receipt is None:
+            return _Result("succeeded")
+        return _Result("succeeded", receipt.status_code, receipt.detail)
+
+    def _transition(self, lane: Lane, claimed: ClaimedDelivery, number: int, result: _Result) -> Transition:
+        if result.outcome == "succeeded":
+            return Transition("succeeded")
+        if result.outcome == "permanent":
+            return Transition("dead", dead_reason="permanent error")
+        decision = after_failure(
+            lane.retry,
+            attempts=number,
+            received_at=claimed.created_at,
+            now=self.clock.now(),
+            retry_after=result.retry_after,
+            rng=self.rng,
+        )
+        if isinstance(decision, GiveUp):
+            return Transition("dead", dead_reason=decision.reason)
+        return Transition("pending", next_attempt_at=decision.at)
+
+    async def _release(self, claimed: ClaimedDelivery) -> None:
+        try:
+            await self.store.release([claimed.id], self.owner)
+        except StorageError as error:
+            logger.error("cannot release delivery %s (its lease will expire): %s", claimed.id, error)
+
+
+def _excerpt(error: BaseException, prefix: str = "") -> str:
+    return (prefix + str(error))[:ERROR_EXCERPT]

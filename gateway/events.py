@@ -1,0 +1,125 @@
+"""The canonical appointment event: the one shape every source maps into and every sink receives.
+
+Field by field reference: docs/canonical-event.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+EventType = Literal[
+    "appointment.created",
+    "appointment.updated",
+    "appointment.cancelled",
+    "appointment.validated",
+    "appointment.completed",
+    "customer.updated",
+]
+EVENT_TYPES: tuple[str, ...] = EventType.__args__
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Customer(_Model):
+    id: str | None = None
+    name: str | None = None
+    phone: str | None = Field(None, description="E.164 (+224621234567) when the provider's number could be parsed")
+    phone_raw: str | None = Field(None, description="The number exactly as the provider sent it")
+    email: str | None = None
+
+
+class Organisation(_Model):
+    id: str
+    name: str | None = None
+
+
+class Department(_Model):
+    id: str
+    name: str | None = None
+    organisation: Organisation | None = None
+
+
+class Service(_Model):
+    id: str | None = None
+    name: str | None = None
+
+
+class Actor(_Model):
+    """Who did something: a staff member with an id, or a role such as `user` or `system`."""
+
+    id: str | None = None
+    name: str | None = None
+    role: str | None = None
+
+
+class Change(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    from_: Any = Field(None, alias="from")
+    to: Any = None
+
+
+class Cancellation(_Model):
+    at: AwareDatetime | None = None
+    by: Actor | None = None
+    reason: str | None = None
+    credits_refunded: int | None = None
+
+
+class Validation(_Model):
+    at: AwareDatetime | None = None
+    by: Actor | None = None
+
+
+class Completion(_Model):
+    at: AwareDatetime | None = None
+    duration_minutes: int | None = None
+    notes: str | None = None
+
+
+class Appointment(_Model):
+    id: str
+    status: str | None = Field(None, description="Lower-case provider status: scheduled, confirmed, cancelled...")
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    timezone: str | None = Field(None, description="IANA zone the appointment takes place in")
+    department: Department | None = None
+    service: Service | None = None
+    qr_code_url: str | None = None
+    created_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    credits_used: int | None = None
+
+
+class AppointmentEvent(_Model):
+    """What happened to an appointment (or a customer), whichever platform reported it."""
+
+    id: str = Field(description="The gateway's own id for this event")
+    type: EventType
+    source: str = Field(description="Name of the configured source that received it")
+    provider: str = Field(description="Source type: moncreneau, yappointment, or a plugin's")
+    provider_event_id: str
+    provider_event_type: str
+    provider_delivery_id: str | None = None
+    occurred_at: AwareDatetime = Field(description="When the provider says it happened; orders deliveries")
+    received_at: AwareDatetime
+    appointment: Appointment | None = None
+    customer: Customer | None = None
+    changes: dict[str, Change] = Field(default_factory=dict)
+    cancellation: Cancellation | None = None
+    validation: Validation | None = None
+    completion: Completion | None = None
+
+    @property
+    def ordering_key(self) -> str | None:
+        """Deliveries sharing this key go to a sink in `occurred_at` order."""
+        if self.appointment is not None:
+            return f"{self.source}:appointment:{self.appointment.id}"
+        if self.customer is not None and self.customer.id is not None:
+            return f"{self.source}:customer:{self.customer.id}"
+        return None
+

@@ -1,0 +1,47 @@
+"""The gateway's error tree: what a sink raises to steer retries, and what config loading reports."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration file cannot be used; the message names the file, the dotted key and the fix."""
+
+
+class DeliveryError(GatewayError):
+    """A sink could not deliver an event; subclasses say whether trying again can help."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again cannot succeed (bad request, refused recipient): the delivery goes to the dead letters."""
+
+
+class RetryableDeliveryError(DeliveryError):
+    """The failure may pass (rate limit, outage); `retry_after` seconds is the earliest the sink may be tried again."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        if retry_after is not None and retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after}")
+        self.retry_after = retry_after
+
+
+class StorageError(GatewayError):
+    """The store could not do what was asked; webhooks are answered 503 so that the provider retries."""
+
+
+class WebhookRejected(GatewayError):
+    """A webhook request is refused with an HTTP status and a reason the provider can read."""
+
+    def __init__(self, status_code: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,87 @@
+"""The webhook path: verify, parse, route, and commit the event with its deliveries before acknowledging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.clock import Clock, to_datetime
+from gateway.exceptions import WebhookRejected
+from gateway.routing import Router
+from gateway.sources.base import Source
+from gateway.store.base import EventRecord, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    status_code: int
+    body: dict[str, Any]
+
+
+class Ingest:
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        router: Router,
+        store: Store,
+        *,
+        clock: Clock,
+        on_stored: Callable[[Iterable[str]], None] = lambda sinks: None,
+    ) -> None:
+        self.sources = sources
+        self.router = router
+        self.store = store
+        self.clock = clock
+        self.on_stored = on_stored
+
+    async def receive(self, source_name: str, headers: Mapping[str, str], body: bytes) -> Acknowledgement:
+        """Acknowledge a webhook only once it is committed; raise WebhookRejected (4xx) or StorageError (503)."""
+        source = self.sources.get(source_name)
+        if source is None:
+            raise WebhookRejected(404, "unknown_source", f"no source named {source_name!r} is configured")
+        source.verify(headers, body)
+        received_at = self.clock.now()
+        webhook = source.parse(_json(body), headers, event_id=str(uuid.uuid4()), received_at=to_datetime(received_at))
+        event = webhook.event
+        sinks = self.router.sinks_for(event) if event is not None else []
+        record = EventRecord(
+            id=event.id if event is not None else str(uuid.uuid4()),
+            source=source_name,
+            provider_event_id=webhook.provider_event_id,
+            provider_event_type=webhook.provider_event_type,
+            provider_delivery_id=webhook.provider_delivery_id,
+            type=event.type if event is not None else None,
+            occurred_at=webhook.occurred_at.timestamp(),
+            received_at=received_at,
+            ordering_key=event.ordering_key if event is not None else None,
+            canonical=event.model_dump_json(by_alias=True) if event is not None else None,
+            raw_body=body,
+            headers=webhook.headers,
+        )
+        stored = await self.store.ingest(record, sinks)
+        if stored.duplicate:
+            logger.info("duplicate %s event %s ignored", source_name, webhook.provider_event_id)
+            return Acknowledgement(200, {"status": "duplicate", "event_id": stored.event_id})
+        if event is None:
+            logger.warning(
+                "stored %s event %s of unmapped type %r; it is routed nowhere",
+                source_name,
+                webhook.provider_event_id,
+                webhook.provider_event_type,
+            )
+            return Acknowledgement(202, {"status": "unmapped", "event_id": stored.event_id})
+        self.on_stored(sinks)
+        return Acknowledgement(202, {"status": "accepted", "event_id": stored.event_id, "sinks": sinks})
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise WebhookRejected(400, "invalid_json", f"the body is not JSON: {error}") from None

@@ -1,0 +1,85 @@
+"""Routes from YAML: which sinks receive an event, by source, event type pattern and field conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway._fields import annotation_at
+from gateway.events import EVENT_TYPES, AppointmentEvent
+
+Scalar = str | int | float | bool | None
+
+
+class Route(BaseModel):
+    """Deliver matching events to `sinks`. Every condition given must hold; omitted ones match anything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    sources: list[str] | None = Field(None, description="Configured source names; any when omitted")
+    events: list[str] = Field(["*"], min_length=1, description="Canonical event types; wildcards like appointment.*")
+    where: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict,
+        description="Dotted canonical field -> value (or list of accepted values), e.g. appointment.department.id: 5",
+    )
+    sinks: list[str] = Field(min_length=1)
+
+    @field_validator("events")
+    @classmethod
+    def _patterns_match_something(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not any(fnmatchcase(known, pattern) for known in EVENT_TYPES):
+                raise ValueError(f"{pattern!r} matches no event type; known: {', '.join(EVENT_TYPES)}")
+        return patterns
+
+    @field_validator("where")
+    @classmethod
+    def _fields_exist(cls, where: dict[str, Any]) -> dict[str, Any]:
+        for path in where:
+            if annotation_at(AppointmentEvent, path.split(".")) is None:
+                raise ValueError(f"{path!r} is not a field of the canonical event; see docs/canonical-event.md")
+        return where
+
+    def matches(self, event: AppointmentEvent, fields: dict[str, Any]) -> bool:
+        if self.sources is not None and event.source not in self.sources:
+            return False
+        if not any(fnmatchcase(event.type, pattern) for pattern in self.events):
+            return False
+        for path, wanted in self.where.items():
+            accepted = wanted if isinstance(wanted, list) else [wanted]
+            if _text(_lookup(fields, path)) not in {_text(value) for value in accepted}:
+                return False
+        return True
+
+
+class Router:
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+
+    def sinks_for(self, event: AppointmentEvent) -> list[str]:
+        """Every sink named by a matching route, once each, in the order the routes name them."""
+        fields = event.model_dump(mode="json", by_alias=True)
+        sinks: dict[str, None] = {}
+        for route in self.routes:
+            if route.matches(event, fields):
+                sinks.update(dict.fromkeys(route.sinks))
+        return list(sinks)
+
+
+def _lookup(fields: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(fields, dict):
+            return None
+        fields = fields.get(part)
+    return fields
+
+
+def _text(value: Any) -> str:
+    """Compare YAML and JSON values by their text, so that `5` matches the id "5" and `true` matches True."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)

@@ -1,0 +1,140 @@
+"""What a source is: it verifies a provider's request and maps its payload onto the canonical event.
+
+Built-in sources and third-party ones are registered alike, through the `register_sources` hook.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any, ClassVar, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.events import AppointmentEvent
+from gateway.exceptions import WebhookRejected
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class SourceOptions(BaseModel):
+    """Options every source has; a source with more subclasses this as its `Options`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    secrets: list[str] = Field(min_length=1, description="Signing secrets; several are accepted during rotation")
+    timezone: str = Field("UTC", description="IANA zone in which the provider's local times are read")
+    default_region: str | None = Field(None, description="ISO 3166 region for phone numbers without +country code")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_not_empty(cls, secrets: list[str]) -> list[str]:
+        if any(not secret for secret in secrets):
+            raise ValueError("a secret is empty; is its environment variable set to an empty string?")
+        return secrets
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not an IANA time zone; write e.g. Africa/Conakry or Europe/Paris") from None
+        return name
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, region: str | None) -> str | None:
+        if region is not None and region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{region!r} is not a region phonenumbers knows; write an ISO 3166 code such as GN or FR")
+        return region.upper() if region else region
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A verified request, parsed: the canonical event, or None when the provider's type is not mapped."""
+
+    provider_event_id: str
+    provider_event_type: str
+    occurred_at: datetime
+    event: AppointmentEvent | None
+    provider_delivery_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """A booking platform's webhooks, received at `/webhooks/<name>`."""
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type[SourceOptions]] = SourceOptions
+    kept_headers: ClassVar[tuple[str, ...]] = ()
+    """Request headers stored with the event (lower-case names)."""
+
+    def __init__(self, name: str, options: SourceOptions) -> None:
+        self.name = name
+        self.options = options
+        self.zone = ZoneInfo(options.timezone)
+
+    @abstractmethod
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Raise WebhookRejected(401) unless the request is signed with one of the source's secrets."""
+
+    @abstractmethod
+    def parse(self, body: Any, headers: Mapping[str, str], *, event_id: str, received_at: datetime) -> Webhook:
+        """Map a verified JSON body; raise WebhookRejected(400) naming the field the provider's schema refuses."""
+
+    @abstractmethod
+    def signed_headers(self, body: bytes, event_type: str) -> dict[str, str]:
+        """The headers the provider would send with `body`, signed with the first secret (for test events)."""
+
+    @abstractmethod
+    def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
+        """A realistic body of the provider's `event_type`, as its "send test event" button would post."""
+
+    def kept(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {name: headers[name] for name in self.kept_headers if name in headers}
+
+    def phone(self, raw: str | None) -> str | None:
+        """E.164 form of a provider's number, read with the source's default region; None when unparseable."""
+        if not raw:
+            return None
+        try:
+            number = phonenumbers.parse(raw, self.options.default_region)
+        except phonenumbers.NumberParseException:
+            return None
+        if not phonenumbers.is_possible_number(number):
+            return None
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    def local_time(self, value: datetime | None) -> datetime | None:
+        """An aware time: a naive provider time is read in the source's zone."""
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=self.zone)
+
+
+def validated(model: type[M], payload: Any, *, prefix: str = "") -> M:
+    """`model` read from `payload`, or a 400 naming every field the provider's schema refuses."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            where = ".".join([*([prefix] if prefix else []), *(str(part) for part in item["loc"])])
+            problems.append(f"{where or '(body)'}: {item['msg']}")
+        raise WebhookRejected(400, "invalid_payload", "; ".join(problems)) from None
+
+
+def load_samples(filename: str) -> dict[str, dict[str, Any]]:
+    """Sample bodies by provider event type, shipped in gateway/samples."""
+    text = resources.files("gateway.samples").joinpath(filename).read_text(encoding="utf-8")
+    samples: dict[str, dict[str, Any]] = json.loads(text)
+    return samples
+

@@ -1,0 +1,252 @@
+"""moncreneau: `X-Moncreneau-Signature: sha256=<hex>` over the raw body; naive local appointment times."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import hookimpl
+from gateway.events import (
+    Actor,
+    Appointment,
+    AppointmentEvent,
+    Cancellation,
+    Change,
+    Completion,
+    Customer,
+    Department,
+    Organisation,
+    Validation,
+)
+from gateway.exceptions import WebhookRejected
+from gateway.signing import hmac_sha256_hex, matches_any
+from gateway.sources.base import Source, Webhook, load_samples, validated
+
+SIGNATURE_HEADER = "x-moncreneau-signature"
+EVENT_TYPES = frozenset(
+    {
+        "appointment.created",
+        "appointment.updated",
+        "appointment.cancelled",
+        "appointment.validated",
+        "appointment.completed",
+    }
+)
+
+
+class _Payload(BaseModel):
+    """Provider payloads: fields the gateway does not use are allowed, and kept in the raw body."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class _Organization(_Payload):
+    id: int | str
+    name: str | None = None
+
+
+class _Department(_Payload):
+    id: int | str
+    name: str | None = None
+    organization: _Organization | None = None
+
+
+class _Staff(_Payload):
+    id: int | str | None = None
+    name: str | None = None
+
+
+class _Change(_Payload):
+    from_: Any = Field(None, alias="from")
+    to: Any = None
+
+
+class _Appointment(_Payload):
+    id: int | str
+    departmentId: int | str
+    department: _Department | None = None
+    dateTime: datetime
+    status: str
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    qrCode: str | None = None
+    createdAt: datetime | None = None
+    updatedAt: datetime | None = None
+    creditsUsed: int | None = None
+    changes: dict[str, _Change] = {}
+    cancelledAt: datetime | None = None
+    cancelledBy: str | _Staff | None = None
+    cancelReason: str | None = None
+    creditsRefunded: int | None = None
+    validatedAt: datetime | None = None
+    validatedBy: _Staff | None = None
+    completedAt: datetime | None = None
+    duration: int | None = None
+    notes: str | None = None
+
+
+class _Data(_Payload):
+    object: dict[str, Any]
+
+
+class _Envelope(_Payload):
+    id: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    created: datetime
+    data: _Data
+
+
+class Moncreneau(Source):
+    type_name = "moncreneau"
+    kept_headers: ClassVar[tuple[str, ...]] = (
+        "x-moncreneau-event",
+        "x-moncreneau-delivery",
+        "user-agent",
+        "content-type",
+    )
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        header = headers.get(SIGNATURE_HEADER)
+        if not header:
+            raise WebhookRejected(401, "missing_signature", "X-Moncreneau-Signature header is missing")
+        scheme, _, digest = header.partition("=")
+        if scheme.strip().lower() != "sha256" or not matches_any(digest, body, self.options.secrets):
+            raise WebhookRejected(401, "invalid_signature", "X-Moncreneau-Signature does not match the body")
+
+    def parse(self, body: Any, headers: Mapping[str, str], *, event_id: str, received_at: datetime) -> Webhook:
+        envelope = validated(_Envelope, body)
+        occurred_at = self.local_time(envelope.created)
+        assert occurred_at is not None
+        common = {
+            "provider_event_id": envelope.id,
+            "provider_event_type": envelope.type,
+            "occurred_at": occurred_at,
+            "provider_delivery_id": headers.get("x-moncreneau-delivery"),
+            "headers": self.kept(headers),
+        }
+        if envelope.type not in EVENT_TYPES:
+            return Webhook(event=None, **common)
+        data = validated(_Appointment, envelope.data.object, prefix="data.object")
+        event = AppointmentEvent(
+            id=event_id,
+            type=envelope.type,  # type: ignore[arg-type]  # checked against EVENT_TYPES above
+            source=self.name,
+            provider=self.type_name,
+            provider_event_id=envelope.id,
+            provider_event_type=envelope.type,
+            provider_delivery_id=common["provider_delivery_id"],
+            occurred_at=occurred_at,
+            received_at=received_at,
+            appointment=self._appointment(data),
+            customer=Customer(name=data.name, phone=self.phone(data.phone), phone_raw=data.phone, email=data.email),
+            changes={self._change_key(key): self._change(key, change) for key, change in data.changes.items()},
+            cancellation=self._cancellation(data),
+            validation=self._validation(data),
+            completion=self._completion(data),
+        )
+        return Webhook(event=event, **common)
+
+    def signed_headers(self, body: bytes, event_type: str) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "User-Agent": "Moncreneau-Webhooks/1.0",
+            "X-Moncreneau-Event": event_type,
+            "X-Moncreneau-Delivery": str(uuid.uuid4()),
+            "X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(self.options.secrets[0], body),
+        }
+
+    def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
+        samples = load_samples("moncreneau.json")
+        if event_type not in samples:
+            raise KeyError(f"no moncreneau sample of type {event_type!r}; known: {', '.join(sorted(samples))}")
+        body = samples[event_type]
+        body["id"] = event_id
+        body["created"] = occurred_at.isoformat().replace("+00:00", "Z")
+        return body
+
+    def _appointment(self, data: _Appointment) -> Appointment:
+        department = data.department
+        organisation = department.organization if department else None
+        return Appointment(
+            id=str(data.id),
+            status=data.status.lower(),
+            starts_at=self.local_time(data.dateTime),
+            timezone=self.options.timezone,
+            department=Department(
+                id=str(data.departmentId),
+                name=department.name if department else None,
+                organisation=Organisation(id=str(organisation.id), name=organisation.name) if organisation else None,
+            ),
+            qr_code_url=data.qrCode,
+            created_at=self.local_time(data.createdAt),
+            updated_at=self.local_time(data.updatedAt),
+            credits_used=data.creditsUsed,
+        )
+
+    _CHANGE_KEYS: ClassVar[dict[str, str]] = {
+        "dateTime": "appointment.starts_at",
+        "status": "appointment.status",
+        "departmentId": "appointment.department.id",
+        "name": "customer.name",
+        "phone": "customer.phone",
+        "email": "customer.email",
+    }
+
+    def _change_key(self, key: str) -> str:
+        return self._CHANGE_KEYS.get(key, key)
+
+    def _change(self, key: str, change: _Change) -> Change:
+        def convert(value: Any) -> Any:
+            if value is None:
+                return None
+            if key == "dateTime":
+                return self.local_time(datetime.fromisoformat(str(value)))
+            if key == "phone":
+                return self.phone(str(value)) or value
+            if key == "status":
+                return str(value).lower()
+            if key == "departmentId":
+                return str(value)
+            return value
+
+        return Change(from_=convert(change.from_), to=convert(change.to))
+
+    def _cancellation(self, data: _Appointment) -> Cancellation | None:
+        if data.cancelledAt is None and data.cancelledBy is None and data.cancelReason is None:
+            return None
+        by = data.cancelledBy
+        actor = Actor(role=by) if isinstance(by, str) else Actor(id=_str(by.id), name=by.name) if by else None
+        return Cancellation(
+            at=self.local_time(data.cancelledAt),
+            by=actor,
+            reason=data.cancelReason,
+            credits_refunded=data.creditsRefunded,
+        )
+
+    def _validation(self, data: _Appointment) -> Validation | None:
+        if data.validatedAt is None and data.validatedBy is None:
+            return None
+        by = data.validatedBy
+        return Validation(
+            at=self.local_time(data.validatedAt),
+            by=Actor(id=_str(by.id), name=by.name, role="staff") if by else None,
+        )
+
+    def _completion(self, data: _Appointment) -> Completion | None:
+        if data.completedAt is None and data.duration is None and data.notes is None:
+            return None
+        return Completion(at=self.local_time(data.completedAt), duration_minutes=data.duration, notes=data.notes)
+
+
+def _str(value: int | str | None) -> str | None:
+    return None if value is None else str(value)
+
+
+@hookimpl
+def register_sources() -> list[type[Source]]:
+    return [Moncreneau]

@@ -1,0 +1,1 @@
+"""The gateway's built-in sinks, registered through the same entry-point group as third-party plugins."""

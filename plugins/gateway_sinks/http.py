@@ -1,0 +1,111 @@
+"""`http` sink: pushes the event to a CRM or any HTTP endpoint.
+
+2xx is success; 408, 429, 5xx, timeouts and connection errors are retried (Retry-After honoured); any other status is
+permanent. Every request carries `Idempotency-Key: <delivery id>`, the same on every retry, and optionally a
+Standard Webhooks signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from typing import Literal
+
+import httpx
+from pydantic import AnyHttpUrl, field_validator
+
+from gateway import hookimpl
+from gateway.events import AppointmentEvent
+from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, parse_retry_after
+from gateway.templates import check_syntax, render
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+EXCERPT = 200
+
+
+class HttpOptions(SinkOptions):
+    url: AnyHttpUrl
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[str, str] = {}
+    body_template: str | None = None
+    """Jinja2 (sandboxed) rendering the body from `event` and `delivery`; the event as JSON when unset."""
+    content_type: str = "application/json"
+    signing_secret: str | None = None
+    """Standard Webhooks secret (`whsec_` + base64); signs every request when set."""
+
+    @field_validator("body_template")
+    @classmethod
+    def _template_compiles(cls, source: str | None) -> str | None:
+        return None if source is None else check_syntax(source)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret_is_base64(cls, secret: str | None) -> str | None:
+        if not secret:
+            return None  # `${VAR:-}` left empty: no signing
+        else:
+            try:
+                _secret_key(secret)
+            except (binascii.Error, ValueError):
+                raise ValueError("not a Standard Webhooks secret; write whsec_ followed by base64") from None
+        return secret
+
+
+class HttpSink(Sink):
+    type_name = "http"
+    Options = HttpOptions
+    options: HttpOptions
+
+    async def open(self) -> None:
+        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
+        options = self.options
+        if options.body_template is None:
+            body = event.model_dump_json(by_alias=True)
+        else:
+            body = render(options.body_template, f"sinks.{self.name}.options.body_template", event, delivery)
+        headers = {**options.headers, "Content-Type": options.content_type, "Idempotency-Key": delivery.id}
+        if options.signing_secret is not None:
+            headers.update(sign(options.signing_secret, delivery.id, int(time.time()), body.encode()))
+        try:
+            response = await self._client.request(options.method, str(options.url), content=body, headers=headers)
+        except httpx.TimeoutException as error:
+            raise RetryableDeliveryError(f"{options.url}: timed out ({type(error).__name__})") from None
+        except httpx.TransportError as error:
+            raise RetryableDeliveryError(f"{options.url}: {type(error).__name__}: {error}") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return Receipt(status_code=status)
+        message = f"{options.url} answered {status}: {response.text[:EXCERPT]}"
+        if status in RETRYABLE_STATUSES or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), now=time.time())
+            raise RetryableDeliveryError(message, status_code=status, retry_after=retry_after)
+        raise PermanentDeliveryError(message, status_code=status)
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers: v1 = base64(HMAC-SHA256(key, "<id>.<timestamp>.<body>"))."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_secret_key(secret), signed, hashlib.sha256).digest()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+
+
+def _secret_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+
+
+@hookimpl
+def register_sinks() -> list[type[Sink]]:
+    return [HttpSink]
