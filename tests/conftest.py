@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from gateway.app import create_app
+from gateway.clock import ManualClock
+from gateway.config import Config, load_config
+from gateway.delivery import Worker
+from gateway.plugins import plugin_manager
+from gateway.signing import hmac_sha256_hex
+from gateway.store.sqlite import SQLiteStore
+
+MONCRENEAU_SECRET = "mc-secret-current"
+YAPP_SECRET = "yapp-secret"
+
+SOURCES = f"""
+sources:
+  moncreneau:
+    type: moncreneau
+    secrets: [{MONCRENEAU_SECRET}, mc-secret-previous]
+    timezone: Africa/Conakry
+    default_region: GN
+  yapp:
+    type: yappointment
+    secrets: [{YAPP_SECRET}]
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Config]:
+    """Write YAML (dedented; the sources above prepended unless it has its own) and load it."""
+
+    def write(text: str, *, with_sources: bool = True) -> Config:
+        text = textwrap.dedent(text)
+        body = f"storage:\n  url: sqlite:///{tmp_path}/gateway.db\n{SOURCES if with_sources else ''}{text}"
+        path = tmp_path / "config.yaml"
+        path.write_text(body)
+        return load_config(path, plugin_manager())
+
+    return write
+
+
+def moncreneau_request(body: dict[str, Any], secret: str = MONCRENEAU_SECRET) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    return raw, {
+        "Content-Type": "application/json",
+        "X-Moncreneau-Event": str(body.get("type")),
+        "X-Moncreneau-Delivery": "550e8400-e29b-41d4-a716-446655440000",
+        "X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(secret, raw),
+    }
+
+
+def yapp_request(body: dict[str, Any], secret: str = YAPP_SECRET) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    return raw, {"Content-Type": "application/json", "X-Webhook-Signature": hmac_sha256_hex(secret, raw)}
+
+
+@dataclass
+class Running:
+    """A gateway app in its lifespan, an HTTP client on it, and its store, worker and clock."""
+
+    app: Starlette
+    client: httpx.AsyncClient
+    store: SQLiteStore
+    worker: Worker
+    clock: ManualClock
+
+    async def post_moncreneau(self, body: dict[str, Any], secret: str = MONCRENEAU_SECRET) -> httpx.Response:
+        raw, headers = moncreneau_request(body, secret)
+        return await self.client.post("/webhooks/moncreneau", content=raw, headers=headers)
+
+    async def post_yapp(self, body: dict[str, Any], secret: str = YAPP_SECRET) -> httpx.Response:
+        raw, headers = yapp_request(body, secret)
+        return await self.client.post("/webhooks/yapp", content=raw, headers=headers)
+
+
+@asynccontextmanager
+async def running_gateway(config: Config, *, run_worker: bool = False) -> AsyncIterator[Running]:
+    """The app with its lifespan entered; by default the worker is driven by the test (`worker.run_due()`)."""
+    clock = ManualClock()
+    store = SQLiteStore.from_url(config.settings.storage.url)
+    app = create_app(config, store=store, clock=clock, run_worker=run_worker)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield Running(app, client, store, app.state.worker, clock)

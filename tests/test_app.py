@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.config import Config
+from gateway.signing import hmac_sha256_hex
+from gateway.sources.base import load_samples
+from tests.conftest import MONCRENEAU_SECRET, YAPP_SECRET, Running, moncreneau_request, running_gateway
+
+pytestmark = pytest.mark.anyio
+
+SINKS = """
+server: {max_body_bytes: 4096}
+sinks:
+  journal: {type: file, options: {path: journal.jsonl}}
+  crm: {type: http, options: {url: "http://127.0.0.1:9/crm"}}
+routes:
+  - events: ["appointment.*"]
+    sinks: [journal]
+  - sources: [moncreneau]
+    events: [appointment.cancelled]
+    sinks: [crm]
+"""
+
+
+@pytest.fixture
+async def gateway(write_config: Callable[[str], Config]) -> AsyncIterator[Running]:
+    async with running_gateway(write_config(SINKS)) as running:
+        yield running
+
+
+def sample(name: str, event_type: str) -> dict[str, Any]:
+    return load_samples(name)[event_type]
+
+
+async def stored(gateway: Running) -> int:
+    return await gateway.store.count_events()
+
+
+async def test_a_signed_event_is_stored_with_one_delivery_per_routed_sink(gateway: Running) -> None:
+    response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.cancelled"))
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "accepted" and body["sinks"] == ["journal", "crm"]
+    record = await gateway.store.get_event(body["event_id"])
+    assert record is not None
+    assert record.provider_event_id == "evt_ghi789" and record.type == "appointment.cancelled"
+    assert record.provider_delivery_id == "550e8400-e29b-41d4-a716-446655440000"
+    assert record.headers["x-moncreneau-event"] == "appointment.cancelled"
+    assert json.loads(record.raw_body) == sample("moncreneau.json", "appointment.cancelled")
+    assert [(d.sink, d.status, d.attempts) for d in await gateway.store.deliveries(body["event_id"])] == [
+        ("crm", "pending", 0),
+        ("journal", "pending", 0),
+    ]
+
+
+async def test_the_previous_secret_is_accepted_during_rotation(gateway: Running) -> None:
+    response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"), secret="mc-secret-previous")
+    assert response.status_code == 202
+
+
+async def test_yappointment_events_are_accepted(gateway: Running) -> None:
+    response = await gateway.post_yapp(sample("yappointment.json", "booking.created"))
+    assert response.status_code == 202 and response.json()["sinks"] == ["journal"]
+    response = await gateway.post_yapp(sample("yappointment.json", "customer.updated"))
+    assert response.status_code == 202 and response.json()["sinks"] == []
+
+
+async def test_the_same_provider_event_is_stored_and_delivered_once(gateway: Running) -> None:
+    body = sample("moncreneau.json", "appointment.created")
+    first = await gateway.post_moncreneau(body)
+    again = await gateway.post_moncreneau(body)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json() == {"status": "duplicate", "event_id": first.json()["event_id"]}
+    assert await stored(gateway) == 1
+    assert len(await gateway.store.deliveries(first.json()["event_id"])) == 1
+
+
+async def test_the_same_event_id_from_two_sources_is_two_events(gateway: Running) -> None:
+    body = sample("yappointment.json", "booking.created")
+    body["id"] = "evt_abc123"
+    await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
+    assert (await gateway.post_yapp(body)).status_code == 202
+    assert await stored(gateway) == 2
+
+
+async def test_an_unknown_event_type_is_stored_acknowledged_and_routed_nowhere(gateway: Running) -> None:
+    body = {"id": "evt_future", "type": "appointment.teleported", "created": "2026-01-21T14:30:00Z", "data": {"object": {}}}
+    response = await gateway.post_moncreneau(body)
+    assert response.status_code == 202 and response.json()["status"] == "unmapped"
+    record = await gateway.store.get_event(response.json()["event_id"])
+    assert record is not None and record.type is None and record.canonical is None
+    assert record.provider_event_type == "appointment.teleported"
+    assert await gateway.store.deliveries(record.id) == []
+    assert (await gateway.post_moncreneau(body)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing_signature"),
+        ({"X-Moncreneau-Signature": "sha256=" + "ab" * 32}, "invalid_signature"),
+        ({"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex("wrong-secret", b"{}")}, "invalid_signature"),
+    ],
+)
+async def test_unsigned_or_wrongly_signed_requests_get_401_and_store_nothing(
+    gateway: Running, headers: dict[str, str], reason: str
+) -> None:
+    raw = json.dumps(sample("moncreneau.json", "appointment.created")).encode()
+    response = await gateway.client.post("/webhooks/moncreneau", content=raw, headers=headers)
+    assert response.status_code == 401 and response.json()["error"] == reason
+    assert await stored(gateway) == 0
+
+
+async def test_a_signature_for_another_body_is_refused(gateway: Running) -> None:
+    raw, headers = moncreneau_request(sample("moncreneau.json", "appointment.created"))
+    response = await gateway.client.post("/webhooks/moncreneau", content=raw.replace(b"12345", b"12346"), headers=headers)
+    assert response.status_code == 401
+    assert await stored(gateway) == 0
+
+
+async def test_a_signed_body_that_is_not_json_gets_400(gateway: Running) -> None:
+    deeply_nested = b"[" * 2000 + b"]" * 2000  # deeper than Python's recursion limit
+    for raw in (b"not json", b"\xff\xfe{", b"{", b"", deeply_nested):
+        headers = {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+        response = await gateway.client.post("/webhooks/moncreneau", content=raw, headers=headers)
+        assert response.status_code == 400, raw[:10]
+    assert await stored(gateway) == 0
+
+
+async def test_json_failing_the_provider_schema_gets_400_naming_the_field(gateway: Running) -> None:
+    body = sample("moncreneau.json", "appointment.created")
+    del body["data"]["object"]["dateTime"]
+    response = await gateway.post_moncreneau(body)
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_payload", "detail": "data.object.dateTime: Field required"}
+    assert await stored(gateway) == 0
+
+
+async def test_a_body_over_the_limit_gets_413_whether_declared_or_streamed(gateway: Running) -> None:
+    raw = b"{" + b" " * 5000 + b"}"
+    headers = {"X-Webhook-Signature": hmac_sha256_hex(YAPP_SECRET, raw)}
+    declared = await gateway.client.post("/webhooks/yapp", content=raw, headers=headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 1000):
+            yield raw[start : start + 1000]
+
+    streamed = await gateway.client.post("/webhooks/yapp", content=chunks(), headers=headers)
+    assert (declared.status_code, streamed.status_code) == (413, 413)
+    assert await stored(gateway) == 0
+
+
+async def test_an_unknown_source_gets_404(gateway: Running) -> None:
+    response = await gateway.client.post("/webhooks/calendly", content=b"{}")
+    assert response.status_code == 404 and "no source named 'calendly'" in response.json()["detail"]
+
+
+async def test_storage_failure_answers_503_never_2xx_and_recovers(gateway: Running) -> None:
+    connection = gateway.store._connection
+    assert connection is not None
+    connection.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
+    response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
+    assert response.status_code == 503 and response.headers["retry-after"] == "30"
+    assert response.json()["error"] == "storage_unavailable"
+    connection.execute("PRAGMA query_only = 0")
+    assert (await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))).status_code == 202
+
+
+async def test_a_closed_store_answers_503(gateway: Running) -> None:
+    await gateway.store.close()
+    response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
+    assert response.status_code == 503
+
+
+async def test_events_survive_a_restart(write_config: Callable[[str], Config]) -> None:
+    config = write_config(SINKS)
+    async with running_gateway(config) as first:
+        event_id = (await first.post_moncreneau(sample("moncreneau.json", "appointment.created"))).json()["event_id"]
+    async with running_gateway(config) as second:
+        assert (await second.store.get_event(event_id)) is not None
+        assert (await second.post_moncreneau(sample("moncreneau.json", "appointment.created"))).status_code == 200
+
+
+async def test_healthz(gateway: Running) -> None:
+    assert (await gateway.client.get("/healthz")).json() == {"status": "ok"}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+envelopes = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": json_values | st.text(min_size=1, max_size=12),
+        "type": st.sampled_from(["appointment.created", "appointment.updated", "booking.created", "x"]) | json_values,
+        "event": st.sampled_from(["booking.created", "customer.updated", "booking.cancelled"]) | json_values,
+        "created": st.sampled_from(["2026-01-21T14:30:00Z", "2026-01-21T14:30:00", "nope"]) | json_values,
+        "timestamp": st.sampled_from(["2025-04-19T14:30:00Z", "2025-04-19"]) | json_values,
+        "data": json_values
+        | st.fixed_dictionaries({"object": st.dictionaries(st.sampled_from(["id", "departmentId", "dateTime", "status", "phone", "changes", "validatedBy", "cancelledBy"]), json_values)}),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values | envelopes, source=st.sampled_from(["moncreneau", "yapp"]))
+async def test_no_signed_json_body_ever_gets_a_5xx(gateway: Running, body: Any, source: str) -> None:
+    raw = json.dumps(body).encode()
+    if source == "moncreneau":
+        headers = {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+    else:
+        headers = {"X-Webhook-Signature": hmac_sha256_hex(YAPP_SECRET, raw)}
+    response = await gateway.client.post(f"/webhooks/{source}", content=raw, headers=headers)
+    assert response.status_code in {200, 202, 400}, response.text
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300), signature=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=70))
+async def test_arbitrary_bytes_and_signatures_never_get_a_5xx_nor_stored(gateway: Running, raw: bytes, signature: str) -> None:
+    response = await gateway.client.post("/webhooks/moncreneau", content=raw, headers={"X-Moncreneau-Signature": signature})
+    assert response.status_code == 401
+    assert await stored(gateway) == 0

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.events import Appointment, AppointmentEvent, Department, Organisation
+from gateway.routing import Route, Router
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def event(event_type: str = "appointment.created", source: str = "moncreneau", department: str = "5") -> AppointmentEvent:
+    return AppointmentEvent(
+        id="e",
+        type=event_type,  # type: ignore[arg-type]
+        source=source,
+        provider="moncreneau",
+        provider_event_id="p",
+        provider_event_type=event_type,
+        occurred_at=NOW,
+        received_at=NOW,
+        appointment=Appointment(
+            id="1", status="scheduled", department=Department(id=department, organisation=Organisation(id="1"))
+        ),
+    )
+
+
+def route(**settings: Any) -> Route:
+    return Route.model_validate({"sinks": ["s"], **settings})
+
+
+def test_wildcards_match_event_types() -> None:
+    assert route(events=["appointment.*"]).matches(event(), {})
+    assert not route(events=["appointment.*"]).matches(event("customer.updated"), {})
+    assert route().matches(event("customer.updated"), {})
+
+
+def test_sources_restrict_the_route() -> None:
+    assert not route(sources=["yapp"]).matches(event(), {})
+    assert route(sources=["yapp", "moncreneau"]).matches(event(), {})
+
+
+def test_field_conditions_compare_yaml_numbers_with_provider_ids() -> None:
+    router = Router([route(where={"appointment.department.id": 5}, sinks=["sms"])])
+    assert router.sinks_for(event(department="5")) == ["sms"]
+    assert router.sinks_for(event(department="6")) == []
+
+
+def test_a_list_of_values_accepts_any_of_them() -> None:
+    router = Router([route(where={"appointment.status": ["scheduled", "confirmed"], "appointment.department.id": [5, 7]})])
+    assert router.sinks_for(event(department="7")) == ["s"]
+    assert router.sinks_for(event(department="8")) == []
+
+
+def test_a_missing_field_matches_only_null() -> None:
+    router = Router([route(where={"customer.email": None})])
+    assert router.sinks_for(event()) == ["s"]
+
+
+def test_every_matching_route_adds_its_sinks_once() -> None:
+    router = Router(
+        [
+            route(events=["appointment.created"], sinks=["crm", "sms"]),
+            route(events=["appointment.*"], sinks=["sms", "calendar"]),
+            route(events=["appointment.cancelled"], sinks=["audit"]),
+        ]
+    )
+    assert router.sinks_for(event()) == ["crm", "sms", "calendar"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"events": ["appointement.*"]}, "matches no event type"),
+        ({"where": {"appointment.departement.id": 5}}, "not a field of the canonical event"),
+        ({"sinks": []}, "at least 1 item"),
+        ({"sink": ["crm"]}, "Extra inputs are not permitted"),
+    ],
+)
+def test_routes_that_cannot_match_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Route.model_validate({"sinks": ["s"], **settings})
