@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from gateway.config import Config
+from gateway.sources.base import load_samples
+from tests.conftest import Running, running_gateway
+from tests.receiver import Answer, Receiver, receiver
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def crm() -> AsyncIterator[Receiver]:
+    async with receiver() as endpoint:
+        yield endpoint
+
+
+def http_sinks(**sinks: tuple[str, str]) -> str:
+    """YAML for http sinks given as name=(url, extra YAML inline settings), all routed every event."""
+    lines = ["worker: {poll_interval: 0.05, shutdown_grace: 0.2}", "sinks:"]
+    for name, (url, extra) in sinks.items():
+        lines.append(f"  {name}: {{type: http, options: {{url: '{url}'}}, {extra}}}")
+    lines += ["routes:", f"  - sinks: [{', '.join(sinks)}]"]
+    return "\n".join(lines) + "\n"
+
+
+def event(event_type: str = "appointment.created", *, event_id: str | None = None, appointment: int = 12345,
+          created: str | None = None) -> dict[str, Any]:
+    body = load_samples("moncreneau.json")[event_type]
+    body["data"]["object"]["id"] = appointment
+    if event_id:
+        body["id"] = event_id
+    if created:
+        body["created"] = created
+    return body
+
+
+async def accepted(gateway: Running, body: dict[str, Any]) -> str:
+    response = await gateway.post_moncreneau(body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["event_id"])
+
+
+async def only_delivery(gateway: Running, event_id: str) -> Any:
+    (delivery,) = await gateway.store.deliveries(event_id)
+    return delivery
+
+
+async def test_retries_follow_the_schedule_on_the_injected_clock(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1m, 5m], give_up_after: 1d}")))
+    crm.script(Answer(503), Answer(503), Answer(502))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        start = gateway.clock.now()
+        made = []
+        for step in (0, 59, 1, 299, 1, 299, 1):
+            gateway.clock.advance(step)
+            made.append(await gateway.worker.run_due())
+        assert made == [1, 0, 1, 0, 1, 0, 1]
+        delivery = await only_delivery(gateway, event_id)
+        attempts = await gateway.store.attempts(delivery.id)
+    assert delivery.status == "succeeded" and delivery.attempts == 4
+    assert [a.started_at - start for a in attempts] == [0, 60, 360, 660]
+    assert [(a.outcome, a.status_code) for a in attempts] == [
+        ("retryable", 503), ("retryable", 503), ("retryable", 502), ("succeeded", 200)
+    ]
+    assert "answered 503" in (attempts[0].error or "")
+    assert all(a.duration_ms >= 0 for a in attempts)
+
+
+async def test_retry_after_from_the_sink_is_honoured(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1m]}")))
+    crm.script(Answer(429, {"Retry-After": "600"}))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        assert await gateway.worker.run_due() == 1
+        gateway.clock.advance(599)
+        assert await gateway.worker.run_due() == 0
+        gateway.clock.advance(1)
+        assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+    assert delivery.status == "succeeded" and delivery.attempts == 2
+
+
+async def test_a_permanent_error_dead_letters_at_once(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1s]}")))
+    crm.script(Answer(422, body=b'{"error": "unknown customer"}'))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        assert await gateway.worker.run_due() == 1
+        gateway.clock.advance(3600)
+        assert await gateway.worker.run_due() == 0
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.attempts, delivery.dead_reason) == ("dead", 1, "permanent error")
+    assert "answered 422" in delivery.last_error and "unknown customer" in delivery.last_error
+
+
+async def test_exhausted_retries_dead_letter(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [10s], max_attempts: 3}")))
+    crm.default = Answer(500)
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        for _ in range(5):
+            await gateway.worker.run_due()
+            gateway.clock.advance(10)
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.attempts) == ("dead", 3)
+    assert delivery.dead_reason.startswith("max_attempts")
+    assert len(crm.requests) == 3
+
+
+async def test_too_old_a_delivery_dead_letters(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1h], give_up_after: 90m}")))
+    crm.default = Answer(503)
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        await gateway.worker.run_due()
+        gateway.clock.advance(3600)
+        await gateway.worker.run_due()
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.attempts) == ("dead", 2)
+    assert delivery.dead_reason.startswith("give_up_after")
+
+
+async def test_a_timeout_is_retried(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 200ms, retry: {schedule: [1s]}")))
+    never = anyio.Event()
+    crm.script(Answer(hold=never))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        with anyio.fail_after(5):
+            assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+        (attempt,) = await gateway.store.attempts(delivery.id)
+        never.set()
+    assert delivery.status == "pending" and attempt.outcome == "retryable"
+    assert "timed out" in (attempt.error or "")
+
+
+async def test_a_crashed_workers_leases_come_back(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 10s")))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        now = gateway.clock.now()
+        (claimed,) = await gateway.store.claim("crm", limit=10, now=now, owner="crashed", lease_until=now + 40)
+        assert await gateway.worker.run_due() == 0  # still leased by the worker that died
+        gateway.clock.advance(40)
+        assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+    assert claimed.id == delivery.id and delivery.status == "succeeded"
+    assert len(crm.requests) == 1
+
+
+async def test_a_slow_sink_delays_neither_a_fast_sink_nor_acknowledgements(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    async with receiver() as slow:
+        release = anyio.Event()
+        slow.default = Answer(hold=release)
+        config = write_config(
+            http_sinks(slow=(slow.url, "timeout: 30s, concurrency: 1"), fast=(crm.url, "concurrency: 2"))
+        )
+        async with running_gateway(config, run_worker=True) as gateway:
+            with anyio.fail_after(10):
+                for n in range(6):
+                    await accepted(gateway, event(event_id=f"evt_{n}", appointment=n))
+                await crm.wait_for(6)
+                await slow.wait_for(1)
+            assert len(slow.requests) == 1  # its one slot is still held by the first request
+            release.set()
+            with anyio.fail_after(10):
+                await slow.wait_for(6)
+    assert sorted(json.loads(r.body)["provider_event_id"] for r in crm.requests) == [f"evt_{n}" for n in range(6)]
+
+
+async def test_deliveries_of_one_appointment_keep_the_providers_order(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "concurrency: 8, retry: {schedule: [1m]}")))
+    crm.script(Answer(503))  # the first delivery (created) fails once
+    async with running_gateway(config) as gateway:
+        await accepted(gateway, event("appointment.created", event_id="created", created="2026-01-21T14:30:00Z"))
+        # arrives before `updated` but happened after it: provider order, not arrival order, decides
+        await accepted(gateway, event("appointment.cancelled", event_id="cancelled", created="2026-01-23T16:45:00Z"))
+        await accepted(gateway, event("appointment.updated", event_id="updated", created="2026-01-22T10:15:00Z"))
+        await accepted(gateway, event("appointment.created", event_id="other", appointment=777))
+        assert await gateway.worker.run_due() == 2  # `created` (fails) and the other appointment's event
+        assert await gateway.worker.run_due() == 0  # `updated` and `cancelled` wait behind the retrying `created`
+        gateway.clock.advance(60)
+        for expected in (1, 1, 1, 0):
+            assert await gateway.worker.run_due() == expected
+    order = [json.loads(r.body)["provider_event_id"] for r in crm.requests]
+    assert sorted(order[:2]) == ["created", "other"]
+    assert order[2:] == ["created", "updated", "cancelled"]
+
+
+async def test_a_dead_letter_does_not_block_later_events_of_its_appointment(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "")))
+    crm.script(Answer(400))
+    async with running_gateway(config) as gateway:
+        await accepted(gateway, event("appointment.created", event_id="created", created="2026-01-21T14:30:00Z"))
+        await accepted(gateway, event("appointment.updated", event_id="updated", created="2026-01-22T10:15:00Z"))
+        assert [await gateway.worker.run_due() for _ in range(3)] == [1, 1, 0]
+    assert [json.loads(r.body)["provider_event_id"] for r in crm.requests] == ["created", "updated"]
+
+
+async def test_shutdown_releases_the_lease_of_an_attempt_that_outlives_the_grace(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 30s")))
+    release = anyio.Event()
+    crm.script(Answer(hold=release))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(gateway.worker.run)
+            with anyio.fail_after(5):
+                await crm.wait_for(1)
+            gateway.worker.stop()  # grace is 0.2 s; the request is held for longer
+        delivery = await only_delivery(gateway, event_id)
+        assert (delivery.status, delivery.attempts, delivery.lease_owner) == ("pending", 0, None)
+        release.set()
+        assert await gateway.worker.run_due() == 1  # at once: no lease to wait out
+        delivery = await only_delivery(gateway, event_id)
+    assert delivery.status == "succeeded"
+
+
+async def test_shutdown_lets_a_quick_in_flight_attempt_finish(write_config: Callable[[str], Config], crm: Receiver) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 30s")))
+    release = anyio.Event()
+    crm.script(Answer(hold=release))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(gateway.worker.run)
+            with anyio.fail_after(5):
+                await crm.wait_for(1)
+            gateway.worker.stop()
+            release.set()  # answered well within the grace
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 1)
