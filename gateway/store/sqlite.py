@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_expires_at REAL,
     last_error TEXT,
     dead_reason TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    UNIQUE (event_id, sink)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (sink, ordering_key, status, occurred_at);

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from gateway.events import AppointmentEvent
+from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.sinks import Delivery
+from gateway.sources.base import SourceOptions, load_samples
+from gateway.sources.moncreneau import Moncreneau
+from gateway_sinks.http import HttpOptions, HttpSink
+from tests.receiver import Answer, Receiver, receiver
+
+pytestmark = pytest.mark.anyio
+SECRET = "whsec_" + base64.b64encode(b"a very secret key").decode()
+
+
+@pytest.fixture
+async def crm() -> AsyncIterator[Receiver]:
+    async with receiver() as endpoint:
+        yield endpoint
+
+
+def appointment_event() -> AppointmentEvent:
+    source = Moncreneau("moncreneau", SourceOptions(type="moncreneau", secrets=["s"], default_region="GN"))
+    body = load_samples("moncreneau.json")["appointment.created"]
+    event = source.parse(body, {}, event_id="evt-gw-1", received_at=datetime(2026, 1, 21, tzinfo=UTC)).event
+    assert event is not None
+    return event
+
+
+async def deliver(url: str, attempt: int = 1, timeout: float = 5.0, **options: Any) -> Any:
+    sink = HttpSink("crm", HttpOptions.model_validate({"url": url, **options}), timeout=timeout)
+    await sink.open()
+    try:
+        return await sink.deliver(appointment_event(), Delivery(id="dlv-42", sink="crm", attempt=attempt))
+    finally:
+        await sink.aclose()
+
+
+async def test_the_canonical_event_is_posted_with_an_idempotency_key(crm: Receiver) -> None:
+    receipt = await deliver(crm.url + "/hooks", headers={"Authorization": "Bearer t0k"})
+    await deliver(crm.url + "/hooks", attempt=2)
+    first, retry = crm.requests
+    assert receipt.status_code == 200
+    assert (first.method, first.path) == ("POST", "/hooks")
+    assert first.headers["authorization"] == "Bearer t0k" and first.headers["content-type"] == "application/json"
+    assert first.headers["idempotency-key"] == retry.headers["idempotency-key"] == "dlv-42"
+    assert json.loads(first.body) == appointment_event().model_dump(mode="json", by_alias=True)
+
+
+async def test_requests_can_be_signed_the_standard_webhooks_way(crm: Receiver) -> None:
+    await deliver(crm.url, signing_secret=SECRET)
+    (request,) = crm.requests
+    signed = f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode() + request.body
+    expected = base64.b64encode(hmac.new(b"a very secret key", signed, hashlib.sha256).digest()).decode()
+    assert request.headers["webhook-id"] == "dlv-42"
+    assert request.headers["webhook-signature"] == f"v1,{expected}"
+
+
+async def test_a_template_shapes_the_body(crm: Receiver) -> None:
+    template = '{"ref": "{{ event.appointment.id }}", "who": {{ event.customer.name | tojson }}, "try": {{ delivery.attempt }}}'
+    await deliver(crm.url, attempt=3, body_template=template, method="PUT")
+    (request,) = crm.requests
+    assert request.method == "PUT"
+    assert json.loads(request.body) == {"ref": "12345", "who": "Jean Dupont", "try": 3}
+
+
+async def test_a_template_that_fails_at_render_time_is_permanent_and_named(crm: Receiver) -> None:
+    with pytest.raises(PermanentDeliveryError, match=r"template sinks.crm.options.body_template failed: .*no_such"):
+        await deliver(crm.url, body_template="{{ event.no_such.field }}")
+    assert crm.requests == []
+
+
+async def test_the_sandbox_keeps_templates_out_of_python(crm: Receiver) -> None:
+    with pytest.raises(PermanentDeliveryError, match="unsafe|not safely callable|access to attribute"):
+        await deliver(crm.url, body_template="{{ event.__class__.__mro__ }}{{ ''.__class__.__subclasses__() }}")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 429])
+async def test_server_errors_and_rate_limits_are_retryable(crm: Receiver, status: int) -> None:
+    crm.script(Answer(status, {"Retry-After": "120"}, b"busy"))
+    with pytest.raises(RetryableDeliveryError) as error:
+        await deliver(crm.url)
+    assert (error.value.status_code, error.value.retry_after) == (status, 120)
+    assert f"answered {status}: busy" in str(error.value)
+
+
+async def test_retry_after_may_be_an_http_date(crm: Receiver) -> None:
+    crm.script(Answer(503, {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}))
+    with pytest.raises(RetryableDeliveryError) as error:
+        await deliver(crm.url)
+    assert error.value.retry_after is not None and error.value.retry_after > 86400
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422, 301])
+async def test_other_statuses_are_permanent(crm: Receiver, status: int) -> None:
+    crm.script(Answer(status, {"Location": "http://elsewhere.test/"}))
+    with pytest.raises(PermanentDeliveryError) as error:
+        await deliver(crm.url)
+    assert error.value.status_code == status
+
+
+async def test_a_refused_connection_is_retryable() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago, and is not listened on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(RetryableDeliveryError, match="ConnectError"):
+        await deliver(f"http://127.0.0.1:{port}/")
+
+
+async def test_a_slow_answer_times_out_as_retryable(crm: Receiver) -> None:
+    hold = anyio.Event()
+    crm.script(Answer(hold=hold))
+    with pytest.raises(RetryableDeliveryError, match="timed out"):
+        await deliver(crm.url, timeout=0.2)
+    hold.set()

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway import hookspecs
+from gateway.config import Config
+from gateway.exceptions import ConfigError
+from gateway.plugins import plugin_manager, sink_types, source_types
+from gateway.signing import hmac_sha256_hex
+from tests.conftest import running_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PLUGIN = '''
+"""A third party's plugin: a pager sink and an "acme" booking platform."""
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import hookimpl
+from gateway.events import Appointment, AppointmentEvent
+from gateway.exceptions import WebhookRejected
+from gateway.signing import hmac_sha256_hex, matches_any
+from gateway.sinks import Sink, SinkOptions
+from gateway.sources.base import Source, Webhook, validated
+from pydantic import BaseModel
+
+PAGED: list[tuple[str, str, int]] = []
+
+
+class PagerOptions(SinkOptions):
+    channel: str
+    fail_first: int = 0
+
+
+class Pager(Sink):
+    type_name = "pager"
+    Options = PagerOptions
+
+    async def deliver(self, event, delivery):
+        if delivery.attempt <= self.options.fail_first:
+            raise ValueError("pager hiccup")
+        PAGED.append((self.options.channel, event.provider_event_id, delivery.attempt))
+
+
+class AcmeBody(BaseModel):
+    id: str
+    booking: str
+    at: str
+
+
+class Acme(Source):
+    type_name = "acme"
+
+    def verify(self, headers, body):
+        if not matches_any(headers.get("x-acme-signature", ""), body, self.options.secrets):
+            raise WebhookRejected(401, "invalid_signature", "bad X-Acme-Signature")
+
+    def parse(self, body: Any, headers, *, event_id, received_at):
+        data = validated(AcmeBody, body)
+        event = AppointmentEvent(
+            id=event_id, type="appointment.created", source=self.name, provider="acme", provider_event_id=data.id,
+            provider_event_type="booked", occurred_at=received_at, received_at=received_at,
+            appointment=Appointment(id=data.booking),
+        )
+        return Webhook(provider_event_id=data.id, provider_event_type="booked", occurred_at=received_at, event=event)
+
+    def signed_headers(self, body, event_type):
+        return {"X-Acme-Signature": hmac_sha256_hex(self.options.secrets[0], body)}
+
+    def sample(self, event_type, *, event_id, occurred_at):
+        return {"id": event_id, "booking": "b-1", "at": occurred_at.isoformat()}
+
+
+@hookimpl
+def register_sinks():
+    return [Pager]
+
+
+@hookimpl
+def register_sources():
+    return [Acme]
+'''
+
+
+@pytest.fixture
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], None]:
+    """Install a throwaway distribution (module + entry point metadata) on sys.path, as pip would."""
+
+    def install(module: str, source: str) -> None:
+        site = tmp_path / "site"
+        (site / f"{module}-1.0.dist-info").mkdir(parents=True)
+        (site / f"{module}.py").write_text(source)
+        (site / f"{module}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+        (site / f"{module}-1.0.dist-info" / "entry_points.txt").write_text(f"[appointment_gateway]\n{module} = {module}\n")
+        monkeypatch.syspath_prepend(str(site))
+        monkeypatch.delitem(sys.modules, module, raising=False)
+
+    return install
+
+
+def test_builtin_sinks_come_through_the_entry_point_group() -> None:
+    manager = plugin_manager()
+    assert {"file", "http"} <= set(sink_types(manager))
+    registered_by_entry_point = {plugin.__name__: dist.project_name for plugin, dist in manager.list_plugin_distinfo()}
+    assert registered_by_entry_point["gateway_sinks.http"] == "appointment-gateway"
+    assert registered_by_entry_point["gateway_sinks.file"] == "appointment-gateway"
+    assert {"moncreneau", "yappointment"} <= set(source_types(manager))
+
+
+@pytest.mark.anyio
+async def test_a_third_party_plugin_is_configured_from_yaml_and_receives_events(
+    installed: Callable[[str, str], None], write_config: Callable[..., Config]
+) -> None:
+    installed("gateway_test_pager", PLUGIN)
+    config = write_config(
+        """
+        sources:
+          acme: {type: acme, secrets: [acme-secret]}
+        sinks:
+          oncall:
+            type: pager
+            options: {channel: "#bookings", fail_first: 1}
+            retry: {schedule: [30s]}
+        routes:
+          - sources: [acme]
+            sinks: [oncall]
+        """,
+        with_sources=False,
+    )
+    import gateway_test_pager  # type: ignore[import-not-found]
+
+    raw = json.dumps({"id": "acme-1", "booking": "b-9", "at": "now"}).encode()
+    async with running_gateway(config) as gateway:
+        headers = {"X-Acme-Signature": hmac_sha256_hex("acme-secret", raw)}
+        response = await gateway.client.post("/webhooks/acme", content=raw, headers=headers)
+        assert response.status_code == 202 and response.json()["sinks"] == ["oncall"]
+        assert await gateway.worker.run_due() == 1  # the plugin raises an unexpected error: retried, not fatal
+        gateway.clock.advance(30)
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(response.json()["event_id"])
+        first, second = await gateway.store.attempts(delivery.id)
+    assert gateway_test_pager.PAGED == [("#bookings", "acme-1", 2)]
+    assert (first.outcome, first.error) == ("retryable", "ValueError: pager hiccup")
+    assert second.outcome == "succeeded"
+
+
+def test_a_plugin_sinks_options_are_validated_by_its_own_model(
+    installed: Callable[[str, str], None], write_config: Callable[..., Config]
+) -> None:
+    installed("gateway_test_pager", PLUGIN)
+    with pytest.raises(ConfigError, match=r"sinks.oncall.options.chanel: unknown key; did you mean channel\?"):
+        write_config("sinks:\n  oncall: {type: pager, options: {chanel: x}}\n")
+
+
+def test_two_plugins_claiming_one_type_name_are_refused(installed: Callable[[str, str], None]) -> None:
+    installed(
+        "gateway_test_clash",
+        textwrap.dedent(
+            """
+            from gateway import hookimpl
+            from gateway_sinks.file import FileSink
+
+            class Impostor(FileSink):
+                type_name = "http"
+
+            @hookimpl
+            def register_sinks():
+                return [Impostor]
+            """
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"two plugins register the sink type 'http': .*HttpSink and .*Impostor"):
+        sink_types(plugin_manager())
+
+
+def test_every_hook_is_documented_with_its_signature() -> None:
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+    assert hooks == ["register_sinks", "register_sources"]
+    for name in hooks:
+        assert re.search(rf"def {name}\(\) -> list\[type\[", docs), f"docs/plugins.md does not document {name}"
