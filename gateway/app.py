@@ -27,8 +27,12 @@ logger = logging.getLogger(__name__)
 def build_worker(config: Config, store: Store, clock: Clock) -> Worker:
     settings = config.settings
     lanes = {
-        name: Lane(sink=sink, retry=settings.sinks[name].retry, concurrency=settings.sinks[name].concurrency,
-                   timeout=settings.sinks[name].timeout)
+        name: Lane(
+            sink=sink,
+            retry=settings.sinks[name].retry,
+            concurrency=settings.sinks[name].concurrency,
+            timeout=settings.sinks[name].timeout,
+        )
         for name, sink in config.sinks.items()
     }
     return Worker(
@@ -119,5 +123,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
             if len(body) > limit:
                 raise WebhookRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
     except ClientDisconnect:
-        raise WebhookRejected(400, "client_disconnected", "the client went away before sending the whole body") from None
+        raise WebhookRejected(
+            400, "client_disconnected", "the client went away before sending the whole body"
+        ) from None
     return bytes(body)

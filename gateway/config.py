@@ -103,7 +103,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read the configuration file ({error.strerror}); pass --config FILE") from None
+        raise ConfigError(
+            f"{path}: cannot read the configuration file ({error.strerror}); pass --config FILE"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -149,7 +151,9 @@ def _build_sources(settings: GatewayConfig, types: dict[str, type[Source]], prob
     for name, raw in settings.sources.items():
         where = ("sources", name)
         if not _NAME.match(name):
-            problems.append(f"{_dotted(where)}: a source name is used in its URL; use lower-case letters, digits, - or _")
+            problems.append(
+                f"{_dotted(where)}: a source name is used in its URL; use lower-case letters, digits, - or _"
+            )
             continue
         cls = _plugin_class(raw.get("type", name), types, "source", where, problems)
         if cls is None:

@@ -5,7 +5,7 @@ Field by field reference: docs/canonical-event.md.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -17,7 +17,7 @@ EventType = Literal[
     "appointment.completed",
     "customer.updated",
 ]
-EVENT_TYPES: tuple[str, ...] = EventType.__args__
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
 class _Model(BaseModel):
@@ -122,4 +122,3 @@ class AppointmentEvent(_Model):
         if self.customer is not None and self.customer.id is not None:
             return f"{self.source}:customer:{self.customer.id}"
         return None
-

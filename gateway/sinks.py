@@ -47,10 +47,10 @@ class Sink(ABC):
         self.options = options
         self.timeout = timeout
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027  optional hook
         """Acquire resources (clients, connections) before the first delivery."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027  optional hook
         """Release what `open` acquired."""
 
     @abstractmethod

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -62,7 +61,9 @@ async def test_a_signed_event_is_stored_with_one_delivery_per_routed_sink(gatewa
 
 
 async def test_the_previous_secret_is_accepted_during_rotation(gateway: Running) -> None:
-    response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"), secret="mc-secret-previous")
+    response = await gateway.post_moncreneau(
+        sample("moncreneau.json", "appointment.created"), secret="mc-secret-previous"
+    )
     assert response.status_code == 202
 
 
@@ -92,7 +93,12 @@ async def test_the_same_event_id_from_two_sources_is_two_events(gateway: Running
 
 
 async def test_an_unknown_event_type_is_stored_acknowledged_and_routed_nowhere(gateway: Running) -> None:
-    body = {"id": "evt_future", "type": "appointment.teleported", "created": "2026-01-21T14:30:00Z", "data": {"object": {}}}
+    body = {
+        "id": "evt_future",
+        "type": "appointment.teleported",
+        "created": "2026-01-21T14:30:00Z",
+        "data": {"object": {}},
+    }
     response = await gateway.post_moncreneau(body)
     assert response.status_code == 202 and response.json()["status"] == "unmapped"
     record = await gateway.store.get_event(response.json()["event_id"])
@@ -121,7 +127,9 @@ async def test_unsigned_or_wrongly_signed_requests_get_401_and_store_nothing(
 
 async def test_a_signature_for_another_body_is_refused(gateway: Running) -> None:
     raw, headers = moncreneau_request(sample("moncreneau.json", "appointment.created"))
-    response = await gateway.client.post("/webhooks/moncreneau", content=raw.replace(b"12345", b"12346"), headers=headers)
+    response = await gateway.client.post(
+        "/webhooks/moncreneau", content=raw.replace(b"12345", b"12346"), headers=headers
+    )
     assert response.status_code == 401
     assert await stored(gateway) == 0
 
@@ -207,7 +215,16 @@ envelopes = st.fixed_dictionaries(
         "created": st.sampled_from(["2026-01-21T14:30:00Z", "2026-01-21T14:30:00", "nope"]) | json_values,
         "timestamp": st.sampled_from(["2025-04-19T14:30:00Z", "2025-04-19"]) | json_values,
         "data": json_values
-        | st.fixed_dictionaries({"object": st.dictionaries(st.sampled_from(["id", "departmentId", "dateTime", "status", "phone", "changes", "validatedBy", "cancelledBy"]), json_values)}),
+        | st.fixed_dictionaries(
+            {
+                "object": st.dictionaries(
+                    st.sampled_from(
+                        ["id", "departmentId", "dateTime", "status", "phone", "changes", "validatedBy", "cancelledBy"]
+                    ),
+                    json_values,
+                )
+            }
+        ),
     },
 )
 
@@ -226,7 +243,11 @@ async def test_no_signed_json_body_ever_gets_a_5xx(gateway: Running, body: Any, 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=300), signature=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=70))
-async def test_arbitrary_bytes_and_signatures_never_get_a_5xx_nor_stored(gateway: Running, raw: bytes, signature: str) -> None:
-    response = await gateway.client.post("/webhooks/moncreneau", content=raw, headers={"X-Moncreneau-Signature": signature})
+async def test_arbitrary_bytes_and_signatures_never_get_a_5xx_nor_stored(
+    gateway: Running, raw: bytes, signature: str
+) -> None:
+    response = await gateway.client.post(
+        "/webhooks/moncreneau", content=raw, headers={"X-Moncreneau-Signature": signature}
+    )
     assert response.status_code == 401
     assert await stored(gateway) == 0

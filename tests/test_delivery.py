@@ -30,8 +30,13 @@ def http_sinks(**sinks: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def event(event_type: str = "appointment.created", *, event_id: str | None = None, appointment: int = 12345,
-          created: str | None = None) -> dict[str, Any]:
+def event(
+    event_type: str = "appointment.created",
+    *,
+    event_id: str | None = None,
+    appointment: int = 12345,
+    created: str | None = None,
+) -> dict[str, Any]:
     body = load_samples("moncreneau.json")[event_type]
     body["data"]["object"]["id"] = appointment
     if event_id:
@@ -52,7 +57,9 @@ async def only_delivery(gateway: Running, event_id: str) -> Any:
     return delivery
 
 
-async def test_retries_follow_the_schedule_on_the_injected_clock(write_config: Callable[[str], Config], crm: Receiver) -> None:
+async def test_retries_follow_the_schedule_on_the_injected_clock(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
     config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1m, 5m], give_up_after: 1d}")))
     crm.script(Answer(503), Answer(503), Answer(502))
     async with running_gateway(config) as gateway:
@@ -68,7 +75,10 @@ async def test_retries_follow_the_schedule_on_the_injected_clock(write_config: C
     assert delivery.status == "succeeded" and delivery.attempts == 4
     assert [a.started_at - start for a in attempts] == [0, 60, 360, 660]
     assert [(a.outcome, a.status_code) for a in attempts] == [
-        ("retryable", 503), ("retryable", 503), ("retryable", 502), ("succeeded", 200)
+        ("retryable", 503),
+        ("retryable", 503),
+        ("retryable", 502),
+        ("succeeded", 200),
     ]
     assert "answered 503" in (attempts[0].error or "")
     assert all(a.duration_ms >= 0 for a in attempts)
@@ -233,7 +243,9 @@ async def test_shutdown_releases_the_lease_of_an_attempt_that_outlives_the_grace
     assert delivery.status == "succeeded"
 
 
-async def test_shutdown_lets_a_quick_in_flight_attempt_finish(write_config: Callable[[str], Config], crm: Receiver) -> None:
+async def test_shutdown_lets_a_quick_in_flight_attempt_finish(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
     config = write_config(http_sinks(crm=(crm.url, "timeout: 30s")))
     release = anyio.Event()
     crm.script(Answer(hold=release))

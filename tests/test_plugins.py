@@ -99,8 +99,12 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str,
         site = tmp_path / "site"
         (site / f"{module}-1.0.dist-info").mkdir(parents=True)
         (site / f"{module}.py").write_text(source)
-        (site / f"{module}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
-        (site / f"{module}-1.0.dist-info" / "entry_points.txt").write_text(f"[appointment_gateway]\n{module} = {module}\n")
+        (site / f"{module}-1.0.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n"
+        )
+        (site / f"{module}-1.0.dist-info" / "entry_points.txt").write_text(
+            f"[appointment_gateway]\n{module} = {module}\n"
+        )
         monkeypatch.syspath_prepend(str(site))
         monkeypatch.delitem(sys.modules, module, raising=False)
 
@@ -110,7 +114,9 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str,
 def test_builtin_sinks_come_through_the_entry_point_group() -> None:
     manager = plugin_manager()
     assert {"file", "http"} <= set(sink_types(manager))
-    registered_by_entry_point = {plugin.__name__: dist.project_name for plugin, dist in manager.list_plugin_distinfo()}
+    registered_by_entry_point = {
+        getattr(plugin, "__name__", None): dist.project_name for plugin, dist in manager.list_plugin_distinfo()
+    }
     assert registered_by_entry_point["gateway_sinks.http"] == "appointment-gateway"
     assert registered_by_entry_point["gateway_sinks.file"] == "appointment-gateway"
     assert {"moncreneau", "yappointment"} <= set(source_types(manager))

@@ -12,10 +12,12 @@ from gateway.routing import Route, Router
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def event(event_type: str = "appointment.created", source: str = "moncreneau", department: str = "5") -> AppointmentEvent:
+def event(
+    event_type: str = "appointment.created", source: str = "moncreneau", department: str = "5"
+) -> AppointmentEvent:
     return AppointmentEvent(
         id="e",
-        type=event_type,  # type: ignore[arg-type]
+        type=event_type,
         source=source,
         provider="moncreneau",
         provider_event_id="p",
@@ -50,7 +52,9 @@ def test_field_conditions_compare_yaml_numbers_with_provider_ids() -> None:
 
 
 def test_a_list_of_values_accepts_any_of_them() -> None:
-    router = Router([route(where={"appointment.status": ["scheduled", "confirmed"], "appointment.department.id": [5, 7]})])
+    router = Router(
+        [route(where={"appointment.status": ["scheduled", "confirmed"], "appointment.department.id": [5, 7]})]
+    )
     assert router.sinks_for(event(department="7")) == ["s"]
     assert router.sinks_for(event(department="8")) == []
 

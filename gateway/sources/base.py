@@ -137,4 +137,3 @@ def load_samples(filename: str) -> dict[str, dict[str, Any]]:
     text = resources.files("gateway.samples").joinpath(filename).read_text(encoding="utf-8")
     samples: dict[str, dict[str, Any]] = json.loads(text)
     return samples
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -122,24 +123,25 @@ class Moncreneau(Source):
         envelope = validated(_Envelope, body)
         occurred_at = self.local_time(envelope.created)
         assert occurred_at is not None
-        common = {
-            "provider_event_id": envelope.id,
-            "provider_event_type": envelope.type,
-            "occurred_at": occurred_at,
-            "provider_delivery_id": headers.get("x-moncreneau-delivery"),
-            "headers": self.kept(headers),
-        }
+        webhook = Webhook(
+            provider_event_id=envelope.id,
+            provider_event_type=envelope.type,
+            occurred_at=occurred_at,
+            event=None,
+            provider_delivery_id=headers.get("x-moncreneau-delivery"),
+            headers=self.kept(headers),
+        )
         if envelope.type not in EVENT_TYPES:
-            return Webhook(event=None, **common)
+            return webhook
         data = validated(_Appointment, envelope.data.object, prefix="data.object")
         event = AppointmentEvent(
             id=event_id,
-            type=envelope.type,  # type: ignore[arg-type]  # checked against EVENT_TYPES above
+            type=envelope.type,  # checked against EVENT_TYPES above
             source=self.name,
             provider=self.type_name,
             provider_event_id=envelope.id,
             provider_event_type=envelope.type,
-            provider_delivery_id=common["provider_delivery_id"],
+            provider_delivery_id=webhook.provider_delivery_id,
             occurred_at=occurred_at,
             received_at=received_at,
             appointment=self._appointment(data),
@@ -149,7 +151,7 @@ class Moncreneau(Source):
             validation=self._validation(data),
             completion=self._completion(data),
         )
-        return Webhook(event=event, **common)
+        return replace(webhook, event=event)
 
     def signed_headers(self, body: bytes, event_type: str) -> dict[str, str]:
         return {

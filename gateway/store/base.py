@@ -87,7 +87,9 @@ class Store(Protocol):
         was stored before (then nothing is written and `duplicate` is set). Raises StorageError."""
         ...
 
-    async def claim(self, sink: str, *, limit: int, now: float, owner: str, lease_until: float) -> list[ClaimedDelivery]:
+    async def claim(
+        self, sink: str, *, limit: int, now: float, owner: str, lease_until: float
+    ) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries of `sink`: pending, due, not leased (or lease expired), and with no
         earlier pending delivery of the same appointment to the same sink."""
         ...

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,10 +77,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 """
 
-INSERT_EVENT = """
-INSERT INTO events (id, source, provider_event_id, provider_event_type, provider_delivery_id, type, occurred_at,
-                    received_at, ordering_key, canonical, raw_body, headers)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
+INSERT_EVENT = f"""
+INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("?" for _ in EVENT_COLUMNS)})
 ON CONFLICT (source, provider_event_id) DO NOTHING
 """
 FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = ?"
@@ -117,11 +117,7 @@ SET status = ?, attempts = attempts + 1, next_attempt_at = COALESCE(?, next_atte
 WHERE id = ? AND lease_owner = ?
 """
 RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?"
-SELECT_EVENT = """
-SELECT id, source, provider_event_id, provider_event_type, provider_delivery_id, type, occurred_at, received_at,
-       ordering_key, canonical, raw_body, headers
-FROM events WHERE id = ?
-"""
+SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?"
 SELECT_DELIVERIES = """
 SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error
 FROM deliveries WHERE event_id = ? ORDER BY sink
@@ -174,23 +170,8 @@ class SQLiteStore:
     async def ingest(self, event: EventRecord, sinks: Sequence[str]) -> Ingested:
         def ingest(db: sqlite3.Connection) -> Ingested:
             with _transaction(db):
-                inserted = db.execute(
-                    INSERT_EVENT,
-                    (
-                        event.id,
-                        event.source,
-                        event.provider_event_id,
-                        event.provider_event_type,
-                        event.provider_delivery_id,
-                        event.type,
-                        event.occurred_at,
-                        event.received_at,
-                        event.ordering_key,
-                        event.canonical,
-                        event.raw_body,
-                        json.dumps(event.headers),
-                    ),
-                ).rowcount
+                row = {**asdict(event), "headers": json.dumps(event.headers)}
+                inserted = db.execute(INSERT_EVENT, [row[column] for column in EVENT_COLUMNS]).rowcount
                 if not inserted:
                     (existing,) = db.execute(FIND_EVENT_ID, (event.source, event.provider_event_id)).fetchone()
                     return Ingested(event_id=existing, duplicate=True)
@@ -214,7 +195,9 @@ class SQLiteStore:
 
         return await self._run(ingest)
 
-    async def claim(self, sink: str, *, limit: int, now: float, owner: str, lease_until: float) -> list[ClaimedDelivery]:
+    async def claim(
+        self, sink: str, *, limit: int, now: float, owner: str, lease_until: float
+    ) -> list[ClaimedDelivery]:
         def claim(db: sqlite3.Connection) -> list[ClaimedDelivery]:
             with _transaction(db):
                 ids = [row[0] for row in db.execute(SELECT_CLAIMABLE, {"sink": sink, "now": now, "limit": limit})]
@@ -266,7 +249,11 @@ class SQLiteStore:
     async def get_event(self, event_id: str) -> EventRecord | None:
         def get(db: sqlite3.Connection) -> EventRecord | None:
             row = db.execute(SELECT_EVENT, (event_id,)).fetchone()
-            return None if row is None else EventRecord(*row[:-1], headers=json.loads(row[-1]))
+            if row is None:
+                return None
+            columns = dict(zip(EVENT_COLUMNS, row, strict=True))
+            columns["headers"] = json.loads(columns["headers"])
+            return EventRecord(**columns)
 
         return await self._run(get)
 

@@ -25,13 +25,17 @@ class FileSink(Sink):
     Options = FileOptions
     options: FileOptions
 
-    def __init__(self, name: str, options: FileOptions, *, timeout: float) -> None:  # type: ignore[override]
+    def __init__(self, name: str, options: FileOptions, *, timeout: float) -> None:
         super().__init__(name, options, timeout=timeout)
         self._lock = anyio.Lock()
 
     async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
         line = json.dumps(
-            {"delivery_id": delivery.id, "attempt": delivery.attempt, "event": event.model_dump(mode="json", by_alias=True)},
+            {
+                "delivery_id": delivery.id,
+                "attempt": delivery.attempt,
+                "event": event.model_dump(mode="json", by_alias=True),
+            },
             ensure_ascii=False,
         )
         async with self._lock:

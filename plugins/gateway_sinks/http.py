@@ -15,7 +15,7 @@ import time
 from typing import Literal
 
 import httpx
-from pydantic import AnyHttpUrl, field_validator
+from pydantic import AnyHttpUrl, Field, field_validator
 
 from gateway import hookimpl
 from gateway.events import AppointmentEvent
@@ -30,7 +30,7 @@ EXCERPT = 200
 class HttpOptions(SinkOptions):
     url: AnyHttpUrl
     method: Literal["POST", "PUT", "PATCH"] = "POST"
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict)
     body_template: str | None = None
     """Jinja2 (sandboxed) rendering the body from `event` and `delivery`; the event as JSON when unset."""
     content_type: str = "application/json"

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from gateway_sinks.file import FileOptions, FileSink
 
 from gateway.sinks import Delivery
-from gateway_sinks.file import FileOptions, FileSink
 from tests.gateway_sinks.test_http import appointment_event
 
 pytestmark = pytest.mark.anyio

@@ -11,13 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
+from gateway_sinks.http import HttpOptions, HttpSink
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery
 from gateway.sources.base import SourceOptions, load_samples
 from gateway.sources.moncreneau import Moncreneau
-from gateway_sinks.http import HttpOptions, HttpSink
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
@@ -38,8 +38,8 @@ def appointment_event() -> AppointmentEvent:
     return event
 
 
-async def deliver(url: str, attempt: int = 1, timeout: float = 5.0, **options: Any) -> Any:
-    sink = HttpSink("crm", HttpOptions.model_validate({"url": url, **options}), timeout=timeout)
+async def deliver(url: str, attempt: int = 1, sink_timeout: float = 5.0, **options: Any) -> Any:
+    sink = HttpSink("crm", HttpOptions.model_validate({"url": url, **options}), timeout=sink_timeout)
     await sink.open()
     try:
         return await sink.deliver(appointment_event(), Delivery(id="dlv-42", sink="crm", attempt=attempt))
@@ -68,7 +68,10 @@ async def test_requests_can_be_signed_the_standard_webhooks_way(crm: Receiver) -
 
 
 async def test_a_template_shapes_the_body(crm: Receiver) -> None:
-    template = '{"ref": "{{ event.appointment.id }}", "who": {{ event.customer.name | tojson }}, "try": {{ delivery.attempt }}}'
+    template = (
+        '{"ref": "{{ event.appointment.id }}", "who": {{ event.customer.name | tojson }}, '
+        '"try": {{ delivery.attempt }}}'
+    )
     await deliver(crm.url, attempt=3, body_template=template, method="PUT")
     (request,) = crm.requests
     assert request.method == "PUT"
@@ -82,7 +85,7 @@ async def test_a_template_that_fails_at_render_time_is_permanent_and_named(crm: 
 
 
 async def test_the_sandbox_keeps_templates_out_of_python(crm: Receiver) -> None:
-    with pytest.raises(PermanentDeliveryError, match="unsafe|not safely callable|access to attribute"):
+    with pytest.raises(PermanentDeliveryError, match=r"unsafe|not safely callable|access to attribute"):
         await deliver(crm.url, body_template="{{ event.__class__.__mro__ }}{{ ''.__class__.__subclasses__() }}")
 
 
@@ -122,5 +125,5 @@ async def test_a_slow_answer_times_out_as_retryable(crm: Receiver) -> None:
     hold = anyio.Event()
     crm.script(Answer(hold=hold))
     with pytest.raises(RetryableDeliveryError, match="timed out"):
-        await deliver(crm.url, timeout=0.2)
+        await deliver(crm.url, sink_timeout=0.2)
     hold.set()

@@ -21,7 +21,10 @@ def source(timezone: str = "Africa/Conakry", region: str | None = "GN", secrets:
 
 def canonical(body: dict[str, Any], mc: Moncreneau | None = None) -> dict[str, Any]:
     webhook = (mc or source()).parse(
-        body, {"x-moncreneau-delivery": "dlv-1", "x-moncreneau-event": body["type"]}, event_id="e-1", received_at=RECEIVED
+        body,
+        {"x-moncreneau-delivery": "dlv-1", "x-moncreneau-event": body["type"]},
+        event_id="e-1",
+        received_at=RECEIVED,
     )
     assert webhook.event is not None
     return webhook.event.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -48,6 +51,8 @@ SEEDS = sorted(load_samples("moncreneau.json"))
 def seed(event_type: str) -> dict[str, Any]:
     """A fresh copy of the sample body, safe to mutate."""
     return load_samples("moncreneau.json")[event_type]
+
+
 EXPECTED = {
     "appointment.created": {
         **envelope("appointment.created", "evt_abc123", "2026-01-21T14:30:00Z"),
@@ -56,7 +61,11 @@ EXPECTED = {
             "status": "scheduled",
             "starts_at": "2026-01-25T14:30:00Z",
             "timezone": "Africa/Conakry",
-            "department": {"id": "5", "name": "Passport Service", "organisation": {"id": "1", "name": "Ministry of Interior"}},
+            "department": {
+                "id": "5",
+                "name": "Passport Service",
+                "organisation": {"id": "1", "name": "Ministry of Interior"},
+            },
             "qr_code_url": "https://moncreneau.gn/qr/12345",
             "created_at": "2026-01-21T14:30:00Z",
             "credits_used": 1,
@@ -152,8 +161,12 @@ def test_an_unparseable_number_is_kept_raw_without_e164() -> None:
 
 
 def test_unknown_event_type_is_unmapped_but_parsed() -> None:
-    body = {"id": "evt_new", "type": "appointment.rescheduled_by_robot", "created": "2026-01-21T14:30:00Z",
-            "data": {"object": {"anything": True}}}
+    body = {
+        "id": "evt_new",
+        "type": "appointment.rescheduled_by_robot",
+        "created": "2026-01-21T14:30:00Z",
+        "data": {"object": {"anything": True}},
+    }
     webhook = source().parse(body, {}, event_id="e-1", received_at=RECEIVED)
     assert webhook.event is None
     assert (webhook.provider_event_id, webhook.provider_event_type) == ("evt_new", "appointment.rescheduled_by_robot")

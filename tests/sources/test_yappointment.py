@@ -17,6 +17,8 @@ SEEDS = sorted(load_samples("yappointment.json"))
 def seed(event_type: str) -> dict[str, Any]:
     """A fresh copy of the sample body, safe to mutate."""
     return load_samples("yappointment.json")[event_type]
+
+
 CUSTOMER = {"id": "cust_123", "name": "John Doe", "email": "john@example.com"}
 BOOKING = {
     "id": "bkg_987654321",

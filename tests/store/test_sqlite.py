@@ -124,7 +124,11 @@ async def test_released_deliveries_can_be_claimed_at_once(store: SQLiteStore) ->
 
 
 async def test_a_later_event_of_an_appointment_waits_for_the_earlier_one(store: SQLiteStore) -> None:
-    later, earlier, other = record("b", occurred=200.0), record("a", occurred=100.0), record("c", key="mc:appointment:2")
+    later, earlier, other = (
+        record("b", occurred=200.0),
+        record("a", occurred=100.0),
+        record("c", key="mc:appointment:2"),
+    )
     for event in (later, earlier, other):
         await store.ingest(event, ["crm"])
     first = await claim(store)

@@ -1,0 +1,21 @@
+# syntax=docker/dockerfile:1
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY plugins ./plugins
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.12-slim
+RUN useradd --system --uid 10001 --no-create-home gateway \
+    && mkdir -p /data /config && chown gateway /data
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER gateway
+WORKDIR /data
+VOLUME ["/data"]
+ENV GATEWAY_CONFIG=/config/config.yaml
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
+CMD ["appointment-gateway", "serve", "--host", "0.0.0.0"]
