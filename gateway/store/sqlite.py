@@ -10,7 +10,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -170,8 +170,8 @@ class SQLiteStore:
     async def ingest(self, event: EventRecord, sinks: Sequence[str]) -> Ingested:
         def ingest(db: sqlite3.Connection) -> Ingested:
             with _transaction(db):
-                row = {**asdict(event), "headers": json.dumps(event.headers)}
-                inserted = db.execute(INSERT_EVENT, [row[column] for column in EVENT_COLUMNS]).rowcount
+                values = [json.dumps(event.headers) if c == "headers" else getattr(event, c) for c in EVENT_COLUMNS]
+                inserted = db.execute(INSERT_EVENT, values).rowcount
                 if not inserted:
                     (existing,) = db.execute(FIND_EVENT_ID, (event.source, event.provider_event_id)).fetchone()
                     return Ingested(event_id=existing, duplicate=True)
