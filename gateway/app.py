@@ -17,6 +17,7 @@ from gateway.config import Config
 from gateway.delivery import Lane, Worker
 from gateway.exceptions import StorageError, WebhookRejected
 from gateway.ingest import Ingest
+from gateway.metrics import Metrics
 from gateway.routing import Router
 from gateway.store import store_for
 from gateway.store.base import Store
@@ -72,18 +73,27 @@ def create_app(
     clock = clock or SystemClock()
     store = store or store_for(config.settings.storage.url)
     worker = build_worker(config, store, clock)
-    ingest = Ingest(config.sources, Router(config.settings.routes), store, clock=clock, on_stored=worker.wake)
+    metrics = Metrics()
+    ingest = Ingest(
+        config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
+    )
     limit = config.settings.server.max_body_bytes
     with_worker = config.settings.worker.enabled if run_worker is None else run_worker
 
     async def receive_webhook(request: Request) -> Response:
+        source = request.path_params["source"]
+        if source not in config.sources:
+            detail = f"no source named {source!r} is configured"
+            return JSONResponse({"error": "unknown_source", "detail": detail}, 404)
         try:
             body = await _read_body(request, limit)
-            ack = await ingest.receive(request.path_params["source"], request.headers, body)
+            ack = await ingest.receive(source, request.headers, body)
         except WebhookRejected as rejected:
+            metrics.webhooks.labels(source, rejected.reason).inc()
             return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code)
         except StorageError as error:
             logger.error("webhook not acknowledged, storage failed: %s", error)
+            metrics.webhooks.labels(source, "storage_unavailable").inc()
             return JSONResponse(
                 {"error": "storage_unavailable", "detail": "the event could not be stored; retry later"},
                 503,
@@ -94,6 +104,9 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running(config, store, worker if with_worker else None):
@@ -103,11 +116,13 @@ def create_app(
         routes=[
             Route("/webhooks/{source}", receive_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
     app.state.store = store
     app.state.worker = worker
+    app.state.metrics = metrics
     return app
 
 

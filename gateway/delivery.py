@@ -139,6 +139,8 @@ class Worker:
             await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
         except StorageError as error:
             logger.error("cannot record attempt %d of delivery %s (it will be retried): %s", number, claimed.id, error)
+        except Exception:
+            logger.exception("attempt %d of delivery %s failed in the worker; its lease will expire", number, claimed.id)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._release(claimed)

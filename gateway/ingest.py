@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.clock import Clock, to_datetime
 from gateway.exceptions import WebhookRejected
+from gateway.metrics import Metrics
 from gateway.routing import Router
 from gateway.sources.base import Source
 from gateway.store.base import EventRecord, Store
@@ -32,19 +33,20 @@ class Ingest:
         store: Store,
         *,
         clock: Clock,
+        metrics: Metrics,
         on_stored: Callable[[Iterable[str]], None] = lambda sinks: None,
     ) -> None:
         self.sources = sources
         self.router = router
         self.store = store
         self.clock = clock
+        self.metrics = metrics
         self.on_stored = on_stored
 
     async def receive(self, source_name: str, headers: Mapping[str, str], body: bytes) -> Acknowledgement:
-        """Acknowledge a webhook only once it is committed; raise WebhookRejected (4xx) or StorageError (503)."""
-        source = self.sources.get(source_name)
-        if source is None:
-            raise WebhookRejected(404, "unknown_source", f"no source named {source_name!r} is configured")
+        """Acknowledge a webhook to a configured source only once it is committed; raise WebhookRejected (4xx) or
+        StorageError (503)."""
+        source = self.sources[source_name]
         source.verify(headers, body)
         received_at = self.clock.now()
         webhook = source.parse(_json(body), headers, event_id=str(uuid.uuid4()), received_at=to_datetime(received_at))
@@ -65,10 +67,13 @@ class Ingest:
             headers=webhook.headers,
         )
         stored = await self.store.ingest(record, sinks)
+        outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
+        self.metrics.webhooks.labels(source_name, outcome).inc()
         if stored.duplicate:
             logger.info("duplicate %s event %s ignored", source_name, webhook.provider_event_id)
             return Acknowledgement(200, {"status": "duplicate", "event_id": stored.event_id})
         if event is None:
+            self.metrics.unmapped.labels(source_name, webhook.provider_event_type).inc()
             logger.warning(
                 "stored %s event %s of unmapped type %r; it is routed nowhere",
                 source_name,
