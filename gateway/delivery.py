@@ -140,7 +140,9 @@ class Worker:
         except StorageError as error:
             logger.error("cannot record attempt %d of delivery %s (it will be retried): %s", number, claimed.id, error)
         except Exception:
-            logger.exception("attempt %d of delivery %s failed in the worker; its lease will expire", number, claimed.id)
+            logger.exception(
+                "attempt %d of delivery %s failed in the worker; its lease will expire", number, claimed.id
+            )
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._release(claimed)

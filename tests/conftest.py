@@ -90,10 +90,12 @@ class Running:
 
 
 @asynccontextmanager
-async def running_gateway(config: Config, *, run_worker: bool = False) -> AsyncIterator[Running]:
+async def running_gateway(
+    config: Config, *, run_worker: bool = False, store: SQLiteStore | None = None
+) -> AsyncIterator[Running]:
     """The app with its lifespan entered; by default the worker is driven by the test (`worker.run_due()`)."""
     clock = ManualClock()
-    store = SQLiteStore.from_url(config.settings.storage.url)
+    store = store or SQLiteStore.from_url(config.settings.storage.url)
     app = create_app(config, store=store, clock=clock, run_worker=run_worker)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -8,7 +8,9 @@ import anyio
 import pytest
 
 from gateway.config import Config
+from gateway.exceptions import StorageError
 from gateway.sources.base import load_samples
+from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Running, running_gateway
 from tests.receiver import Answer, Receiver, receiver
 
@@ -259,3 +261,48 @@ async def test_shutdown_lets_a_quick_in_flight_attempt_finish(
             release.set()  # answered well within the grace
         delivery = await only_delivery(gateway, event_id)
     assert (delivery.status, delivery.attempts) == ("succeeded", 1)
+
+
+class ForgetfulStore(SQLiteStore):
+    """Fails to record the next `failures` attempts, as a store that went away mid-delivery would."""
+
+    failures = 0
+
+    async def record_attempt(self, *args: Any, **kwargs: Any) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("disk I/O error")
+        return await super().record_attempt(*args, **kwargs)
+
+
+async def test_an_attempt_that_cannot_be_recorded_is_delivered_again_never_lost(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 10s")))
+    store = ForgetfulStore.from_url(config.settings.storage.url)
+    store.failures = 1
+    async with running_gateway(config, store=store) as gateway:
+        event_id = await accepted(gateway, event())
+        assert await gateway.worker.run_due() == 1  # delivered, but the success could not be recorded
+        assert (await only_delivery(gateway, event_id)).status == "pending"
+        gateway.clock.advance(40)  # the lease (timeout + margin) runs out
+        assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 1)
+    first, second = crm.requests
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"] == delivery.id
+
+
+async def test_claims_failing_while_storage_is_down_resume_when_it_returns(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "")))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        connection = gateway.store._connection
+        assert connection is not None
+        connection.execute("PRAGMA query_only = 1")
+        assert await gateway.worker.run_due() == 0  # logged, not raised
+        connection.execute("PRAGMA query_only = 0")
+        assert await gateway.worker.run_due() == 1
+        assert (await only_delivery(gateway, event_id)).status == "succeeded"

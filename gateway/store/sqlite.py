@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -138,7 +138,7 @@ class SQLiteStore:
         self._one_at_a_time = anyio.CapacityLimiter(1)
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteStore:
+    def from_url(cls, url: str) -> Self:
         return cls(url.removeprefix("sqlite:///"))
 
     async def open(self) -> None:
