@@ -92,7 +92,7 @@ def gateway_process(config: Path, *args: str) -> Iterator[subprocess.Popen[str]]
     finally:
         if process.poll() is None:
             process.kill()
-        process.wait(timeout=10)
+        process.communicate(timeout=10)  # reaps it and closes its pipe
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

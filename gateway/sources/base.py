@@ -9,7 +9,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -137,3 +137,17 @@ def load_samples(filename: str) -> dict[str, dict[str, Any]]:
     text = resources.files("gateway.samples").joinpath(filename).read_text(encoding="utf-8")
     samples: dict[str, dict[str, Any]] = json.loads(text)
     return samples
+
+
+def sample_from(filename: str, event_type: str, **fields: str) -> dict[str, Any]:
+    """The shipped sample body of `event_type`, with top-level `fields` replaced; KeyError lists the known types."""
+    samples = load_samples(filename)
+    if event_type not in samples:
+        provider = filename.removesuffix(".json")
+        raise KeyError(f"no {provider} sample of type {event_type!r}; known: {', '.join(sorted(samples))}")
+    return {**samples[event_type], **fields}
+
+
+def zulu(moment: datetime) -> str:
+    """ISO 8601 the way providers write UTC: `2026-01-21T14:30:00Z`."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -25,7 +25,7 @@ from gateway.events import (
 )
 from gateway.exceptions import WebhookRejected
 from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sources.base import Source, Webhook, load_samples, validated
+from gateway.sources.base import Source, Webhook, sample_from, validated, zulu
 
 SIGNATURE_HEADER = "x-moncreneau-signature"
 EVENT_TYPES = frozenset(
@@ -163,13 +163,7 @@ class Moncreneau(Source):
         }
 
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
-        samples = load_samples("moncreneau.json")
-        if event_type not in samples:
-            raise KeyError(f"no moncreneau sample of type {event_type!r}; known: {', '.join(sorted(samples))}")
-        body = samples[event_type]
-        body["id"] = event_id
-        body["created"] = occurred_at.isoformat().replace("+00:00", "Z")
-        return body
+        return sample_from("moncreneau.json", event_type, id=event_id, created=zulu(occurred_at))
 
     def _appointment(self, data: _Appointment) -> Appointment:
         department = data.department

@@ -12,7 +12,7 @@ from gateway import hookimpl
 from gateway.events import Appointment, AppointmentEvent, Cancellation, Customer, EventType, Service
 from gateway.exceptions import WebhookRejected
 from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sources.base import Source, Webhook, load_samples, validated
+from gateway.sources.base import Source, Webhook, sample_from, validated, zulu
 
 SIGNATURE_HEADER = "x-webhook-signature"
 EVENT_TYPES: dict[str, EventType] = {
@@ -103,13 +103,7 @@ class YAppointment(Source):
         }
 
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
-        samples = load_samples("yappointment.json")
-        if event_type not in samples:
-            raise KeyError(f"no yappointment sample of type {event_type!r}; known: {', '.join(sorted(samples))}")
-        body = samples[event_type]
-        body["id"] = event_id
-        body["timestamp"] = occurred_at.isoformat().replace("+00:00", "Z")
-        return body
+        return sample_from("yappointment.json", event_type, id=event_id, timestamp=zulu(occurred_at))
 
     def _event(
         self,
