@@ -66,6 +66,11 @@ class _Change(_Payload):
     to: Any = None
 
 
+class _TimeChange(_Payload):
+    from_: datetime | None = Field(None, alias="from")
+    to: datetime | None = None
+
+
 class _Appointment(_Payload):
     id: int | str
     departmentId: int | str
@@ -197,11 +202,13 @@ class Moncreneau(Source):
         return self._CHANGE_KEYS.get(key, key)
 
     def _change(self, key: str, change: _Change) -> Change:
+        if key == "dateTime":
+            times = validated(_TimeChange, change.model_dump(by_alias=True), prefix="data.object.changes.dateTime")
+            return Change(from_=self.local_time(times.from_), to=self.local_time(times.to))
+
         def convert(value: Any) -> Any:
             if value is None:
                 return None
-            if key == "dateTime":
-                return self.local_time(datetime.fromisoformat(str(value)))
             if key == "phone":
                 return self.phone(str(value)) or value
             if key == "status":

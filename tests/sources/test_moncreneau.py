@@ -180,10 +180,18 @@ def test_unknown_event_type_is_unmapped_but_parsed() -> None:
         (lambda body: body["data"]["object"].pop("dateTime"), "data.object.dateTime: Field required"),
         (lambda body: body["data"]["object"].update(status=None), "data.object.status: Input should be a valid string"),
         (lambda body: body["data"].pop("object"), "data.object: Field required"),
+        (
+            lambda body: body["data"]["object"].update(changes={"dateTime": {"from": "[]", "to": None}}),
+            "data.object.changes.dateTime.from: Input should be a valid datetime",
+        ),
+        (
+            lambda body: body["data"]["object"].update(changes={"dateTime": "tomorrow"}),
+            "data.object.changes.dateTime: Input should be a valid dictionary",
+        ),
     ],
 )
 def test_schema_failures_name_the_field(mutate: Any, field: str) -> None:
-    body = seed("appointment.created")
+    body = seed("appointment.updated")
     mutate(body)
     with pytest.raises(WebhookRejected) as rejected:
         source().parse(body, {}, event_id="e-1", received_at=RECEIVED)
