@@ -49,11 +49,12 @@ class Ingest:
         source = self.sources[source_name]
         source.verify(headers, body)
         received_at = self.clock.now()
-        webhook = source.parse(_json(body), headers, event_id=str(uuid.uuid4()), received_at=to_datetime(received_at))
+        event_id = str(uuid.uuid4())
+        webhook = source.parse(_json(body), headers, event_id=event_id, received_at=to_datetime(received_at))
         event = webhook.event
         sinks = self.router.sinks_for(event) if event is not None else []
         record = EventRecord(
-            id=event.id if event is not None else str(uuid.uuid4()),
+            id=event_id,
             source=source_name,
             provider_event_id=webhook.provider_event_id,
             provider_event_type=webhook.provider_event_type,
