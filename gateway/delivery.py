@@ -47,6 +47,22 @@ class _Result:
     status_code: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    dead_reason: str = "permanent error"
+
+
+class StoreLedger:
+    """A delivery's sent messages, kept in the store so that they outlive the process."""
+
+    def __init__(self, store: Store, delivery_id: str, clock: Clock) -> None:
+        self.store = store
+        self.delivery_id = delivery_id
+        self.clock = clock
+
+    async def sent(self) -> dict[str, str]:
+        return await self.store.sent_messages(self.delivery_id)
+
+    async def record(self, recipient: str, provider_message_id: str) -> None:
+        await self.store.record_sent(self.delivery_id, recipient, provider_message_id, at=self.clock.now())
 
 
 class Worker:
@@ -154,10 +170,18 @@ class Worker:
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
         try:
             event = AppointmentEvent.model_validate_json(claimed.canonical)
+            delivery = Delivery(
+                id=claimed.id,
+                sink=lane.name,
+                attempt=number,
+                attempted_at=self.clock.now(),
+                locale=claimed.locale,
+                ledger=StoreLedger(self.store, claimed.id, self.clock),
+            )
             with anyio.fail_after(lane.timeout):
-                receipt = await lane.sink.deliver(event, Delivery(id=claimed.id, sink=lane.name, attempt=number))
+                receipt = await lane.sink.deliver(event, delivery)
         except PermanentDeliveryError as error:
-            return _Result("permanent", error.status_code, _excerpt(error))
+            return _Result("permanent", error.status_code, _excerpt(error), dead_reason=error.reason)
         except RetryableDeliveryError as error:
             return _Result("retryable", error.status_code, _excerpt(error), error.retry_after)
         except TimeoutError:
@@ -173,7 +197,7 @@ class Worker:
         if result.outcome == "succeeded":
             return Transition("succeeded")
         if result.outcome == "permanent":
-            return Transition("dead", dead_reason="permanent error")
+            return Transition("dead", dead_reason=result.dead_reason)
         decision = after_failure(
             lane.retry,
             attempts=number,

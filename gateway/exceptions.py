@@ -20,7 +20,12 @@ class DeliveryError(GatewayError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Trying again cannot succeed (bad request, refused recipient): the delivery goes to the dead letters."""
+    """Trying again cannot succeed (bad request, refused recipient): the delivery goes to the dead letters,
+    with `reason` as its dead-letter reason."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, reason: str = "permanent error") -> None:
+        super().__init__(message, status_code=status_code)
+        self.reason = reason
 
 
 class RetryableDeliveryError(DeliveryError):

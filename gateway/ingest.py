@@ -52,7 +52,7 @@ class Ingest:
         event_id = str(uuid.uuid4())
         webhook = source.parse(_json(body), headers, event_id=event_id, received_at=to_datetime(received_at))
         event = webhook.event
-        sinks = self.router.sinks_for(event) if event is not None else []
+        targets = self.router.targets(event) if event is not None else []
         record = EventRecord(
             id=event_id,
             source=source_name,
@@ -67,7 +67,7 @@ class Ingest:
             raw_body=body,
             headers=webhook.headers,
         )
-        stored = await self.store.ingest(record, sinks)
+        stored = await self.store.ingest(record, targets)
         outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
         self.metrics.webhooks.labels(source_name, outcome).inc()
         if stored.duplicate:
@@ -82,6 +82,7 @@ class Ingest:
                 webhook.provider_event_type,
             )
             return Acknowledgement(202, {"status": "unmapped", "event_id": stored.event_id})
+        sinks = [target.sink for target in targets]
         self.on_stored(sinks)
         return Acknowledgement(202, {"status": "accepted", "event_id": stored.event_id, "sinks": sinks})
 

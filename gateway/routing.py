@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from babel import Locale, UnknownLocaleError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway._fields import annotation_at
@@ -27,6 +29,7 @@ class Route(BaseModel):
         description="Dotted canonical field -> value (or list of accepted values), e.g. appointment.department.id: 5",
     )
     sinks: list[str] = Field(min_length=1)
+    locale: str | None = Field(None, description="Language of the messages this route sends (fr, en...)")
 
     @field_validator("events")
     @classmethod
@@ -44,6 +47,11 @@ class Route(BaseModel):
                 raise ValueError(f"{path!r} is not a field of the canonical event; see docs/canonical-event.md")
         return where
 
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, locale: str | None) -> str | None:
+        return None if locale is None else known_locale(locale)
+
     def matches(self, event: AppointmentEvent, fields: dict[str, Any]) -> bool:
         if self.sources is not None and event.source not in self.sources:
             return False
@@ -56,18 +64,37 @@ class Route(BaseModel):
         return True
 
 
+@dataclass(frozen=True)
+class Target:
+    """One delivery to create: a sink, and the locale its messages use when the route chose one."""
+
+    sink: str
+    locale: str | None = None
+
+
 class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
 
-    def sinks_for(self, event: AppointmentEvent) -> list[str]:
-        """Every sink named by a matching route, once each, in the order the routes name them."""
+    def targets(self, event: AppointmentEvent) -> list[Target]:
+        """Every sink named by a matching route, once each, in the order the routes name them; the first route
+        naming a sink decides its locale."""
         fields = event.model_dump(mode="json", by_alias=True)
-        sinks: dict[str, None] = {}
+        targets: dict[str, Target] = {}
         for route in self.routes:
             if route.matches(event, fields):
-                sinks.update(dict.fromkeys(route.sinks))
-        return list(sinks)
+                for sink in route.sinks:
+                    targets.setdefault(sink, Target(sink, route.locale))
+        return list(targets.values())
+
+
+def known_locale(locale: str) -> str:
+    """`locale` if Babel knows it (fr, en, fr_GN...), else ValueError listing examples."""
+    try:
+        Locale.parse(locale)
+    except (UnknownLocaleError, ValueError):
+        raise ValueError(f"{locale!r} is not a locale Babel knows; write e.g. fr, en or fr_GN") from None
+    return locale
 
 
 def _lookup(fields: Any, path: str) -> Any:

@@ -5,10 +5,11 @@ Scheduling, timeouts, concurrency, retries and dead letters are the core's (gate
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,6 +22,32 @@ class SinkOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Ledger(Protocol):
+    """What a delivery has already sent, by recipient: providers without idempotency keys (SMS, email) consult it
+    so that a retry or a replay never sends the same message to the same recipient twice."""
+
+    async def sent(self) -> dict[str, str]:
+        """Recipient -> provider message id, for every message already confirmed sent."""
+        ...
+
+    async def record(self, recipient: str, provider_message_id: str) -> None:
+        """Remember a confirmed send; call it as soon as the provider confirms, before sending the next one."""
+        ...
+
+
+class MemoryLedger:
+    """A ledger that lives as long as the object: for sinks used outside the worker (tests, one-off sends)."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+
+    async def sent(self) -> dict[str, str]:
+        return dict(self.messages)
+
+    async def record(self, recipient: str, provider_message_id: str) -> None:
+        self.messages.setdefault(recipient, provider_message_id)
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Which delivery a sink is working on: its id is stable across retries (an idempotency key)."""
@@ -28,6 +55,11 @@ class Delivery:
     id: str
     sink: str
     attempt: int
+    attempted_at: float = field(default_factory=time.time)
+    """When the core started this attempt, by its clock (seconds since the epoch)."""
+    locale: str | None = None
+    """The locale the route chose for this delivery's messages, if any."""
+    ledger: Ledger = field(default_factory=MemoryLedger)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from gateway.sinks import Sink, SinkOptions
 from gateway.sources.base import Source, Webhook, validated
 from pydantic import BaseModel
 
-PAGED: list[tuple[str, str, int]] = []
+PAGED: list[tuple[str, str, int, str | None]] = []
 
 
 class PagerOptions(SinkOptions):
@@ -48,7 +48,7 @@ class Pager(Sink):
     async def deliver(self, event, delivery):
         if delivery.attempt <= self.options.fail_first:
             raise ValueError("pager hiccup")
-        PAGED.append((self.options.channel, event.provider_event_id, delivery.attempt))
+        PAGED.append((self.options.channel, event.provider_event_id, delivery.attempt, delivery.locale))
 
 
 class AcmeBody(BaseModel):
@@ -139,6 +139,7 @@ async def test_a_third_party_plugin_is_configured_from_yaml_and_receives_events(
         routes:
           - sources: [acme]
             sinks: [oncall]
+            locale: fr
         """,
         with_sources=False,
     )
@@ -154,7 +155,7 @@ async def test_a_third_party_plugin_is_configured_from_yaml_and_receives_events(
         assert await gateway.worker.run_due() == 1
         (delivery,) = await gateway.store.deliveries(response.json()["event_id"])
         first, second = await gateway.store.attempts(delivery.id)
-    assert gateway_test_pager.PAGED == [("#bookings", "acme-1", 2)]
+    assert gateway_test_pager.PAGED == [("#bookings", "acme-1", 2, "fr")]
     assert (first.outcome, first.error) == ("retryable", "ValueError: pager hiccup")
     assert second.outcome == "succeeded"
 

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.events import Appointment, AppointmentEvent, Department, Organisation
-from gateway.routing import Route, Router
+from gateway.routing import Route, Router, Target
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -47,21 +47,21 @@ def test_sources_restrict_the_route() -> None:
 
 def test_field_conditions_compare_yaml_numbers_with_provider_ids() -> None:
     router = Router([route(where={"appointment.department.id": 5}, sinks=["sms"])])
-    assert router.sinks_for(event(department="5")) == ["sms"]
-    assert router.sinks_for(event(department="6")) == []
+    assert [t.sink for t in router.targets(event(department="5"))] == ["sms"]
+    assert [t.sink for t in router.targets(event(department="6"))] == []
 
 
 def test_a_list_of_values_accepts_any_of_them() -> None:
     router = Router(
         [route(where={"appointment.status": ["scheduled", "confirmed"], "appointment.department.id": [5, 7]})]
     )
-    assert router.sinks_for(event(department="7")) == ["s"]
-    assert router.sinks_for(event(department="8")) == []
+    assert [t.sink for t in router.targets(event(department="7"))] == ["s"]
+    assert [t.sink for t in router.targets(event(department="8"))] == []
 
 
 def test_a_missing_field_matches_only_null() -> None:
     router = Router([route(where={"customer.email": None})])
-    assert router.sinks_for(event()) == ["s"]
+    assert [t.sink for t in router.targets(event())] == ["s"]
 
 
 def test_every_matching_route_adds_its_sinks_once() -> None:
@@ -72,7 +72,7 @@ def test_every_matching_route_adds_its_sinks_once() -> None:
             route(events=["appointment.cancelled"], sinks=["audit"]),
         ]
     )
-    assert router.sinks_for(event()) == ["crm", "sms", "calendar"]
+    assert [t.sink for t in router.targets(event())] == ["crm", "sms", "calendar"]
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,19 @@ def test_every_matching_route_adds_its_sinks_once() -> None:
 def test_routes_that_cannot_match_are_refused(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Route.model_validate({"sinks": ["s"], **settings})
+
+
+def test_the_first_route_naming_a_sink_chooses_its_locale() -> None:
+    router = Router(
+        [
+            route(events=["appointment.created"], sinks=["sms"], locale="en"),
+            route(sinks=["sms", "email"], locale="fr"),
+            route(sinks=["crm"]),
+        ]
+    )
+    assert router.targets(event()) == [Target("sms", "en"), Target("email", "fr"), Target("crm", None)]
+
+
+def test_an_unknown_locale_is_refused() -> None:
+    with pytest.raises(ValidationError, match="'xx_YY' is not a locale Babel knows"):
+        route(locale="xx_YY")

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from gateway.routing import Target
+
 DeliveryStatus = Literal["pending", "succeeded", "dead"]
 Outcome = Literal["succeeded", "retryable", "permanent"]
 """An attempt's result: delivered, failed in a way that may pass, or failed for good."""
@@ -42,6 +44,7 @@ class ClaimedDelivery:
     sink: str
     attempts: int
     created_at: float
+    locale: str | None
     canonical: str
 
 
@@ -82,8 +85,8 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ingest(self, event: EventRecord, sinks: Sequence[str]) -> Ingested:
-        """Commit the event and one pending delivery per sink in one transaction, unless the provider's event id
+    async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
+        """Commit the event and one pending delivery per target in one transaction, unless the provider's event id
         was stored before (then nothing is written and `duplicate` is set). Raises StorageError."""
         ...
 
@@ -102,6 +105,14 @@ class Store(Protocol):
 
     async def release(self, delivery_ids: Sequence[str], owner: str) -> None:
         """Give leases back without an attempt, so that another worker may claim them at once."""
+        ...
+
+    async def sent_messages(self, delivery_id: str) -> dict[str, str]:
+        """Recipient -> provider message id of every message a sink confirmed sending for this delivery."""
+        ...
+
+    async def record_sent(self, delivery_id: str, recipient: str, provider_message_id: str, *, at: float) -> None:
+        """Remember, at once and durably, that a message reached its provider, so that it is never sent twice."""
         ...
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...

@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 
 from gateway.exceptions import StorageError
+from gateway.routing import Target
 from gateway.store.base import (
     AttemptRecord,
     ClaimedDelivery,
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     event_id TEXT NOT NULL REFERENCES events (id),
     sink TEXT NOT NULL,
+    locale TEXT,
     ordering_key TEXT,
     occurred_at REAL NOT NULL,
     created_at REAL NOT NULL,
@@ -75,6 +77,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+CREATE TABLE IF NOT EXISTS sent_messages (
+    delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+    recipient TEXT NOT NULL,
+    provider_message_id TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (delivery_id, recipient)
+);
 """
 
 EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
@@ -84,8 +93,9 @@ ON CONFLICT (source, provider_event_id) DO NOTHING
 """
 FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = ?"
 INSERT_DELIVERY = """
-INSERT INTO deliveries (id, event_id, sink, ordering_key, occurred_at, created_at, status, next_attempt_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
+                        updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
 """
 # A delivery waits behind an earlier pending one of the same appointment and sink (ordered by the provider's
 # time, then arrival, then id), whether that one is leased or waiting for its next retry.
@@ -102,7 +112,7 @@ LIMIT :limit
 """
 LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE id = ?"
 SELECT_CLAIMED = """
-SELECT d.id, d.event_id, d.sink, d.attempts, d.created_at, e.canonical
+SELECT d.id, d.event_id, d.sink, d.attempts, d.created_at, d.locale, e.canonical
 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE d.id = ?
 """
@@ -127,6 +137,11 @@ SELECT number, started_at, duration_ms, outcome, status_code, error
 FROM attempts WHERE delivery_id = ? ORDER BY id
 """
 COUNT_EVENTS = "SELECT count(*) FROM events"
+SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = ?"
+INSERT_SENT = """
+INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (delivery_id, recipient) DO NOTHING
+"""
 
 R = TypeVar("R")
 
@@ -167,7 +182,7 @@ class SQLiteStore:
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._one_at_a_time)
 
-    async def ingest(self, event: EventRecord, sinks: Sequence[str]) -> Ingested:
+    async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
         def ingest(db: sqlite3.Connection) -> Ingested:
             with _transaction(db):
                 values = [json.dumps(event.headers) if c == "headers" else getattr(event, c) for c in EVENT_COLUMNS]
@@ -181,14 +196,15 @@ class SQLiteStore:
                         (
                             str(uuid.uuid4()),
                             event.id,
-                            sink,
+                            target.sink,
+                            target.locale,
                             event.ordering_key,
                             event.occurred_at,
                             event.received_at,
                             event.received_at,
                             event.received_at,
                         )
-                        for sink in sinks
+                        for target in targets
                     ],
                 )
                 return Ingested(event_id=event.id, duplicate=False)
@@ -245,6 +261,16 @@ class SQLiteStore:
                 db.executemany(RELEASE, [(delivery_id, owner) for delivery_id in delivery_ids])
 
         await self._run(release)
+
+    async def sent_messages(self, delivery_id: str) -> dict[str, str]:
+        return await self._run(lambda db: dict(db.execute(SELECT_SENT, (delivery_id,)).fetchall()))
+
+    async def record_sent(self, delivery_id: str, recipient: str, provider_message_id: str, *, at: float) -> None:
+        def record(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(INSERT_SENT, (delivery_id, recipient, provider_message_id, at))
+
+        await self._run(record)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         def get(db: sqlite3.Connection) -> EventRecord | None:

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from gateway.exceptions import StorageError
+from gateway.routing import Target
 from gateway.store.base import AttemptRecord, EventRecord, Transition
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
@@ -23,6 +24,10 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await store.open()
     yield store
     await store.close()
+
+
+def targets(*sinks: str) -> list[Target]:
+    return [Target(sink) for sink in sinks]
 
 
 def record(provider_id: str = "evt_1", *, key: str | None = "mc:appointment:1", occurred: float = 100.0) -> EventRecord:
@@ -48,7 +53,7 @@ async def claim(store: SQLiteStore, owner: str = "w1", now: float = 1000.0, limi
 
 async def test_an_event_and_its_deliveries_are_stored_together(store: SQLiteStore) -> None:
     event = record()
-    assert (await store.ingest(event, ["crm", "sms"])).duplicate is False
+    assert (await store.ingest(event, targets("crm", "sms"))).duplicate is False
     assert await store.get_event(event.id) == event
     assert [(d.sink, d.status, d.attempts) for d in await store.deliveries(event.id)] == [
         ("crm", "pending", 0),
@@ -58,8 +63,8 @@ async def test_an_event_and_its_deliveries_are_stored_together(store: SQLiteStor
 
 async def test_a_known_provider_event_is_a_duplicate_and_writes_nothing(store: SQLiteStore) -> None:
     first = record()
-    await store.ingest(first, ["crm"])
-    again = await store.ingest(record(), ["crm", "sms"])
+    await store.ingest(first, targets("crm"))
+    again = await store.ingest(record(), targets("crm", "sms"))
     assert (again.event_id, again.duplicate) == (first.id, True)
     assert await store.count_events() == 1
     assert len(await store.deliveries(first.id)) == 1
@@ -69,7 +74,7 @@ async def test_concurrent_ingestion_of_one_provider_event_stores_it_once(store: 
     results = []
 
     async def ingest() -> None:
-        results.append(await store.ingest(record(), ["crm"]))
+        results.append(await store.ingest(record(), targets("crm")))
 
     async with anyio.create_task_group() as tasks:
         for _ in range(20):
@@ -81,12 +86,14 @@ async def test_concurrent_ingestion_of_one_provider_event_stores_it_once(store: 
 async def test_a_failed_ingest_leaves_nothing_behind(store: SQLiteStore) -> None:
     event = record()
     with pytest.raises(StorageError):
-        await store.ingest(event, ["crm", "crm"])  # not possible through the router; forces a failure mid-transaction
+        await store.ingest(
+            event, targets("crm", "crm")
+        )  # not possible through the router; forces a failure mid-transaction
     assert await store.get_event(event.id) is None
 
 
 async def test_a_claim_is_exclusive_until_its_lease_expires(store: SQLiteStore) -> None:
-    await store.ingest(record(), ["crm"])
+    await store.ingest(record(), targets("crm"))
     (claimed,) = await claim(store, "w1")
     assert await claim(store, "w2", now=1029.0) == []
     assert await claim(store, "w2", now=1030.0) == [claimed]
@@ -94,7 +101,7 @@ async def test_a_claim_is_exclusive_until_its_lease_expires(store: SQLiteStore) 
 
 async def test_only_the_lease_holder_moves_a_delivery_on(store: SQLiteStore) -> None:
     event = record()
-    await store.ingest(event, ["crm"])
+    await store.ingest(event, targets("crm"))
     (claimed,) = await claim(store, "w1")
     await claim(store, "w2", now=1030.0)  # w1 was too slow; w2 took over
     attempt = AttemptRecord(1, 1000.0, 5.0, "succeeded", 200)
@@ -106,7 +113,7 @@ async def test_only_the_lease_holder_moves_a_delivery_on(store: SQLiteStore) -> 
 
 async def test_a_retry_is_not_due_before_its_time(store: SQLiteStore) -> None:
     event = record()
-    await store.ingest(event, ["crm"])
+    await store.ingest(event, targets("crm"))
     (claimed,) = await claim(store)
     attempt = AttemptRecord(1, 1000.0, 5.0, "retryable", 503, "busy")
     assert await store.record_attempt(claimed, "w1", attempt, Transition("pending", next_attempt_at=1060.0), now=1000.0)
@@ -117,7 +124,7 @@ async def test_a_retry_is_not_due_before_its_time(store: SQLiteStore) -> None:
 
 
 async def test_released_deliveries_can_be_claimed_at_once(store: SQLiteStore) -> None:
-    await store.ingest(record(), ["crm"])
+    await store.ingest(record(), targets("crm"))
     claimed = await claim(store, "w1")
     await store.release(claimed, "w1")
     assert await claim(store, "w2") == claimed
@@ -130,7 +137,7 @@ async def test_a_later_event_of_an_appointment_waits_for_the_earlier_one(store: 
         record("c", key="mc:appointment:2"),
     )
     for event in (later, earlier, other):
-        await store.ingest(event, ["crm"])
+        await store.ingest(event, targets("crm"))
     first = await claim(store)
     assert {(await store.deliveries(e.id))[0].id for e in (earlier, other)} == set(first)
     dead = Transition("dead", dead_reason="permanent error")
@@ -141,13 +148,13 @@ async def test_a_later_event_of_an_appointment_waits_for_the_earlier_one(store: 
 
 async def test_events_without_an_ordering_key_never_wait(store: SQLiteStore) -> None:
     for n in range(3):
-        await store.ingest(record(f"evt_{n}", key=None), ["crm"])
+        await store.ingest(record(f"evt_{n}", key=None), targets("crm"))
     assert len(await claim(store)) == 3
 
 
 async def test_claims_respect_the_limit(store: SQLiteStore) -> None:
     for n in range(5):
-        await store.ingest(record(f"evt_{n}", key=f"k{n}"), ["crm"])
+        await store.ingest(record(f"evt_{n}", key=f"k{n}"), targets("crm"))
     assert len(await claim(store, limit=2)) == 2
     assert len(await claim(store, "w2", limit=10)) == 3
 
@@ -156,7 +163,7 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
     event = record()
     first = SQLiteStore(tmp_path / "g.db")
     await first.open()
-    await first.ingest(event, ["crm"])
+    await first.ingest(event, targets("crm"))
     await first.close()
     second = SQLiteStore(tmp_path / "g.db")
     await second.open()
@@ -190,3 +197,16 @@ async def test_a_closed_store_refuses_work(store: SQLiteStore) -> None:
     await store.close()
     with pytest.raises(StorageError, match="not open"):
         await store.count_events()
+
+
+async def test_sent_messages_are_remembered_per_delivery_first_confirmation_wins(store: SQLiteStore) -> None:
+    event = record()
+    await store.ingest(event, [Target("sms", "fr")])
+    (delivery,) = await store.deliveries(event.id)
+    assert await store.sent_messages(delivery.id) == {}
+    await store.record_sent(delivery.id, "+224621234567", "SM1", at=1.0)
+    await store.record_sent(delivery.id, "+224621234567", "SM2", at=2.0)
+    await store.record_sent(delivery.id, "+224622000000", "SM3", at=3.0)
+    assert await store.sent_messages(delivery.id) == {"+224621234567": "SM1", "+224622000000": "SM3"}
+    (claimed,) = await store.claim("sms", limit=1, now=1000.0, owner="w", lease_until=1030.0)
+    assert claimed.locale == "fr"
