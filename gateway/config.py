@@ -91,8 +91,9 @@ def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
     except ValidationError as error:
         raise ConfigError(_describe(path, error, GatewayConfig)) from None
     problems: list[str] = []
-    sources = _build_sources(settings, source_types(manager), problems)
-    sinks = _build_sinks(settings, sink_types(manager), problems)
+    context = {"config_dir": path.parent}
+    sources = _build_sources(settings, source_types(manager), problems, context)
+    sinks = _build_sinks(settings, sink_types(manager), problems, context)
     problems += _check_routes(settings)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
@@ -146,7 +147,9 @@ def _interpolate(node: Any, path: Path, where: tuple[str | int, ...] = ()) -> An
     return _VARIABLE.sub(substitute, node)
 
 
-def _build_sources(settings: GatewayConfig, types: dict[str, type[Source]], problems: list[str]) -> dict[str, Source]:
+def _build_sources(
+    settings: GatewayConfig, types: dict[str, type[Source]], problems: list[str], context: dict[str, Any]
+) -> dict[str, Source]:
     sources: dict[str, Source] = {}
     for name, raw in settings.sources.items():
         where = ("sources", name)
@@ -158,19 +161,21 @@ def _build_sources(settings: GatewayConfig, types: dict[str, type[Source]], prob
         cls = _plugin_class(raw.get("type", name), types, "source", where, problems)
         if cls is None:
             continue
-        options = _validate_options(cls.Options, {"type": cls.type_name, **raw}, where, problems)
+        options = _validate_options(cls.Options, {"type": cls.type_name, **raw}, where, problems, context)
         if isinstance(options, SourceOptions):
             sources[name] = cls(name, options)
     return sources
 
 
-def _build_sinks(settings: GatewayConfig, types: dict[str, type[Sink]], problems: list[str]) -> dict[str, Sink]:
+def _build_sinks(
+    settings: GatewayConfig, types: dict[str, type[Sink]], problems: list[str], context: dict[str, Any]
+) -> dict[str, Sink]:
     sinks: dict[str, Sink] = {}
     for name, sink in settings.sinks.items():
         cls = _plugin_class(sink.type, types, "sink", ("sinks", name), problems)
         if cls is None:
             continue
-        options = _validate_options(cls.Options, sink.options, ("sinks", name, "options"), problems)
+        options = _validate_options(cls.Options, sink.options, ("sinks", name, "options"), problems, context)
         if isinstance(options, SinkOptions):
             sinks[name] = cls(name, options, timeout=sink.timeout)
     return sinks
@@ -189,10 +194,11 @@ def _plugin_class(
 
 
 def _validate_options(
-    model: type[BaseModel], raw: Any, where: tuple[str, ...], problems: list[str]
+    model: type[BaseModel], raw: Any, where: tuple[str, ...], problems: list[str], context: dict[str, Any]
 ) -> BaseModel | None:
+    """`raw` validated by a plugin's model; `context["config_dir"]` resolves relative file names."""
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as error:
         problems.extend(_problems(error, model, where))
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import ClassVar, Protocol
@@ -88,6 +89,11 @@ class Sink(ABC):
     @abstractmethod
     async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
         """Deliver, or raise PermanentDeliveryError / RetryableDeliveryError; any other error is retried."""
+
+    def check(self, samples: Sequence[AppointmentEvent], locales: Sequence[str]) -> list[str]:
+        """Problems `check-config` should report, found by trying the sink's templates on sample events rendered in
+        these locales (besides the sink's own); none by default."""
+        return []
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

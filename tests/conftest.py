@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from gateway.delivery import Worker
 from gateway.plugins import plugin_manager
 from gateway.signing import hmac_sha256_hex
 from gateway.store.sqlite import SQLiteStore
+from tests.vendors import prism
 
 MONCRENEAU_SECRET = "mc-secret-current"
 YAPP_SECRET = "yapp-secret"
@@ -101,3 +102,17 @@ async def running_gateway(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield Running(app, client, store, app.state.worker, clock)
+
+
+@pytest.fixture(scope="session")
+def twilio_api() -> Iterator[str]:
+    """Base URL of a server enforcing Twilio's official OpenAPI spec."""
+    with prism("twilio") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sendgrid_api() -> Iterator[str]:
+    """Base URL of a server enforcing SendGrid's official Mail Send OpenAPI spec."""
+    with prism("sendgrid") as url:
+        yield url

@@ -21,7 +21,7 @@ from gateway import hookimpl
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, parse_retry_after
-from gateway.templates import check_syntax, render
+from gateway.templates import check_syntax, event_context, render
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 EXCERPT = 200
@@ -71,7 +71,9 @@ class HttpSink(Sink):
         if options.body_template is None:
             body = event.model_dump_json(by_alias=True)
         else:
-            body = render(options.body_template, f"sinks.{self.name}.options.body_template", event, delivery)
+            body = render(
+                options.body_template, f"sinks.{self.name}.options.body_template", event_context(event, delivery)
+            )
         headers = {**options.headers, "Content-Type": options.content_type, "Idempotency-Key": delivery.id}
         if options.signing_secret is not None:
             headers.update(sign(options.signing_secret, delivery.id, int(time.time()), body.encode()))

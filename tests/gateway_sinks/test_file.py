@@ -7,7 +7,7 @@ import pytest
 from gateway_sinks.file import FileOptions, FileSink
 
 from gateway.sinks import Delivery
-from tests.gateway_sinks.test_http import appointment_event
+from tests.samples import appointment_event
 
 pytestmark = pytest.mark.anyio
 

@@ -6,19 +6,16 @@ import hmac
 import json
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import pytest
 from gateway_sinks.http import HttpOptions, HttpSink
 
-from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery
-from gateway.sources.base import SourceOptions, load_samples
-from gateway.sources.moncreneau import Moncreneau
 from tests.receiver import Answer, Receiver, receiver
+from tests.samples import appointment_event
 
 pytestmark = pytest.mark.anyio
 SECRET = "whsec_" + base64.b64encode(b"a very secret key").decode()
@@ -28,14 +25,6 @@ SECRET = "whsec_" + base64.b64encode(b"a very secret key").decode()
 async def crm() -> AsyncIterator[Receiver]:
     async with receiver() as endpoint:
         yield endpoint
-
-
-def appointment_event() -> AppointmentEvent:
-    source = Moncreneau("moncreneau", SourceOptions(type="moncreneau", secrets=["s"], default_region="GN"))
-    body = load_samples("moncreneau.json")["appointment.created"]
-    event = source.parse(body, {}, event_id="evt-gw-1", received_at=datetime(2026, 1, 21, tzinfo=UTC)).event
-    assert event is not None
-    return event
 
 
 async def deliver(url: str, attempt: int = 1, sink_timeout: float = 5.0, **options: Any) -> Any:

@@ -1,0 +1,126 @@
+"""`smtp_email` sink: email through any SMTP server, with aiosmtplib (STARTTLS or implicit TLS, optional login).
+
+Every message of a delivery carries the same Message-ID, `<delivery id@message_id_domain>`, so that mail clients
+and servers recognise a retry of it.
+
+Errors: a recipient or a message refused with a 4xx reply, connection failures and timeouts are retryable; a 5xx
+refusal and bad credentials (also logged as an alert) are permanent. A server that accepts some recipients and
+refuses others has not delivered: the refused ones are the error (the accepted ones are recorded and not re-sent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from typing import Literal
+
+import aiosmtplib
+from pydantic import Field, field_validator, model_validator
+
+from gateway import hookimpl
+from gateway.events import AppointmentEvent
+from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.messages import Message
+from gateway.notify import NotificationSink, NotifyOptions
+from gateway.sinks import Delivery, Sink
+from gateway_sinks.sendgrid_email import EMAIL, email_recipients
+
+logger = logging.getLogger(__name__)
+
+
+class SmtpOptions(NotifyOptions):
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = Field("starttls", description="tls = implicit TLS (port 465)")
+    username: str | None = None
+    password: str | None = None
+    from_email: str = Field(pattern=EMAIL)
+    from_name: str | None = None
+    reply_to: str | None = Field(None, pattern=EMAIL)
+    to: Literal["customer"] | list[str] = Field("customer", description="`customer`, or fixed addresses (staff)")
+    message_id_domain: str = Field("appointment-gateway.invalid", description="right-hand side of Message-IDs")
+
+    @model_validator(mode="after")
+    def _login_needs_both(self) -> SmtpOptions:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password, or neither")
+        return self
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, to: str | list[str]) -> str | list[str]:
+        if isinstance(to, list) and (bad := [a for a in to if "@" not in a]):
+            raise ValueError(f"not email addresses: {', '.join(bad)}")
+        return to
+
+
+class SmtpEmail(NotificationSink):
+    type_name = "smtp_email"
+    kind = "email"
+    Options = SmtpOptions
+    options: SmtpOptions
+
+    def recipients(self, event: AppointmentEvent) -> Sequence[str]:
+        return email_recipients(self.options.to, event)
+
+    async def send_all(
+        self, recipients: Sequence[str], message: Message, event: AppointmentEvent, delivery: Delivery
+    ) -> None:
+        """One message to every recipient: those the server accepts are recorded; any it refuses is the error."""
+        if not recipients:
+            return
+        options = self.options
+        email = EmailMessage()
+        email["From"] = formataddr((options.from_name or "", options.from_email))
+        email["To"] = ", ".join(recipients)
+        email["Subject"] = message.subject or ""
+        email["Date"] = formatdate(delivery.attempted_at, usegmt=True)
+        email["Message-ID"] = message_id = f"<{delivery.id}@{options.message_id_domain}>"
+        if options.reply_to:
+            email["Reply-To"] = options.reply_to
+        email.set_content(message.body)
+        try:
+            refused, _ = await aiosmtplib.send(
+                email,
+                hostname=options.host,
+                port=options.port,
+                use_tls=options.security == "tls",
+                start_tls=options.security == "starttls",
+                username=options.username,
+                password=options.password,
+                timeout=self.timeout,
+            )
+        except aiosmtplib.SMTPAuthenticationError as error:
+            logger.error("ALERT sink %s: the SMTP server refused the login: %s", self.name, error)
+            raise PermanentDeliveryError(
+                f"SMTP login refused: {error}", status_code=error.code, reason="authentication failed"
+            ) from None
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            first = error.recipients[0]
+            raise _refusal(
+                first.code, f"every recipient refused: {first.recipient}: {first.code} {first.message}"
+            ) from None
+        except aiosmtplib.SMTPResponseException as error:
+            raise _refusal(error.code, f"SMTP server refused the message: {error.code} {error.message}") from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            raise RetryableDeliveryError(f"SMTP server unreachable: {type(error).__name__}: {error}") from None
+        for recipient in recipients:
+            if recipient not in refused:
+                await delivery.ledger.record(recipient, message_id)
+        if refused:
+            code = max(reply.code for reply in refused.values())
+            details = "; ".join(f"{who}: {reply.code} {reply.message}" for who, reply in refused.items())
+            raise _refusal(code, f"some recipients refused ({details}); the others received it")
+
+
+def _refusal(code: int, text: str) -> PermanentDeliveryError | RetryableDeliveryError:
+    if 400 <= code < 500:
+        return RetryableDeliveryError(text, status_code=code)
+    return PermanentDeliveryError(text, status_code=code, reason="refused")
+
+
+@hookimpl
+def register_sinks() -> list[type[Sink]]:
+    return [SmtpEmail]
