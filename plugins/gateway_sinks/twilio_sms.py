@@ -94,7 +94,7 @@ class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the SDK is un
         *,
         auth: tuple[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  the SDK's signature
         **kwargs: Any,
     ) -> Response:
         if self.api is not None:

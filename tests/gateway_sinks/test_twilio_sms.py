@@ -8,11 +8,11 @@ from urllib.parse import parse_qs
 
 import anyio
 import pytest
+from gateway_sinks.twilio_sms import TwilioOptions, TwilioSms
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
-from gateway_sinks.twilio_sms import TwilioOptions, TwilioSms
 from tests.receiver import Answer, Receiver, receiver
 from tests.samples import appointment_event, sample_event
 
@@ -81,7 +81,7 @@ async def test_a_messaging_service_and_fixed_staff_numbers_are_valid_requests(tw
     await deliver(
         twilio_api,
         delivery=delivery,
-        **{"from": None, "messaging_service_sid": "MG" + "0" * 32, "to": ["+33612345678", "+224622000000"]},
+        **{"from": None, "messaging_service_sid": "MG" + "0" * 32, "to": ["+33612345678", "+224622000000"]},  # type: ignore[arg-type]
     )
     assert sorted(ledger.messages) == ["+224622000000", "+33612345678"]
 
