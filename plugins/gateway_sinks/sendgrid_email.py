@@ -90,12 +90,11 @@ class SendGridEmail(NotificationSink):
         sender: dict[str, str] = {"email": options.from_email}
         if options.from_name:
             sender["name"] = options.from_name
-        personalization: dict[str, Any] = {"to": [{"email": recipient}]}
-        body: dict[str, Any] = {
-            "from": sender,
-            "personalizations": [personalization],
-            "custom_args": {"delivery_id": delivery.id, "event_id": event.id},
+        personalization: dict[str, Any] = {
+            "to": [{"email": recipient}],
+            "custom_args": {"delivery_id": delivery.id, "event_id": event.id},  # the spec types only this level
         }
+        body: dict[str, Any] = {"from": sender, "personalizations": [personalization]}
         if options.reply_to:
             body["reply_to"] = {"email": options.reply_to}
         template_id = options.dynamic_templates.get(event.type)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
+from pathlib import Path
 from typing import Literal
 
 import aiosmtplib
@@ -34,6 +35,7 @@ class SmtpOptions(NotifyOptions):
     host: str
     port: int = Field(587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = Field("starttls", description="tls = implicit TLS (port 465)")
+    ca_file: Path | None = Field(None, description="PEM bundle of the CAs to trust, for a relay with a private CA")
     username: str | None = None
     password: str | None = None
     from_email: str = Field(pattern=EMAIL)
@@ -90,6 +92,7 @@ class SmtpEmail(NotificationSink):
                 start_tls=options.security == "starttls",
                 username=options.username,
                 password=options.password,
+                cert_bundle=str(options.ca_file) if options.ca_file else None,
                 timeout=self.timeout,
             )
         except aiosmtplib.SMTPAuthenticationError as error:
