@@ -18,8 +18,10 @@ import uvicorn
 
 from gateway.clock import SystemClock
 from gateway.config import Config, load_config
+from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
 from gateway.plugins import plugin_manager
+from gateway.routing import Router
 
 CONFIG_ERROR = 2
 
@@ -116,7 +118,28 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
     unrouted = sorted(set(config.sinks) - {sink for route in settings.routes for sink in route.sinks})
     if unrouted:
         print(f"  warning: no route delivers to {', '.join(unrouted)}")
+    routed: dict[str, list[tuple[AppointmentEvent, str | None]]] = {name: [] for name in config.sinks}
+    router = Router(settings.routes)
+    for event in _sample_events(config):
+        for target in router.targets(event):
+            routed[target.sink].append((event, target.locale))
+    for name, sink in config.sinks.items():
+        for problem in sink.check(routed[name]):
+            print(f"  warning: sink {name}: {problem}")
     return 0
+
+
+def _sample_events(config: Config) -> list[AppointmentEvent]:
+    """Every configured source's sample bodies, mapped: what check-config tries the sinks on."""
+    events = []
+    now = datetime.now(UTC)
+    for source in config.sources.values():
+        for event_type in source.sample_types():
+            body = source.sample(event_type, event_id=f"evt_check_{event_type}", occurred_at=now)
+            event = source.parse(body, {}, event_id="check", received_at=now).event
+            if event is not None:
+                events.append(event)
+    return events
 
 
 def _send_test_event(config: Config, args: argparse.Namespace) -> int:

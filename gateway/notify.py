@@ -92,22 +92,18 @@ class NotificationSink(Sink):
         skipped = len(recipients) - len(sent)
         return Receipt(detail=f"sent {', '.join(sent) or 'nothing'}" + (f"; {skipped} already sent" if skipped else ""))
 
-    def check(self, samples: Sequence[AppointmentEvent], locales: Sequence[str]) -> list[str]:
-        """Render every sample in every locale this sink may use; report template failures and warnings."""
+    def check(self, samples: Sequence[tuple[AppointmentEvent, str | None]]) -> list[str]:
+        """Render every sample as it would be sent; report missing or failing templates and message warnings."""
         problems = []
-        for locale in dict.fromkeys([self.options.locale, *locales]):
-            for event in samples:
-                delivery = Delivery(id="check", sink=self.name, attempt=1, locale=locale)
-                try:
-                    message = self.messages.render(event, delivery)
-                except PermanentDeliveryError as error:
-                    if error.reason != "no template":
-                        problems.append(f"{event.provider} {event.provider_event_type} ({locale}): {error}")
-                    continue
-                problems += [
-                    f"{event.provider} {event.provider_event_type} ({locale}): {warning}"
-                    for warning in self.check_message(event, message)
-                ]
+        for event, route_locale in samples:
+            locale = route_locale or self.options.locale
+            where = f"{event.provider} {event.provider_event_type} ({locale})"
+            try:
+                message = self.messages.render(event, Delivery(id="check", sink=self.name, attempt=1, locale=locale))
+            except PermanentDeliveryError as error:
+                problems.append(f"{where}: {error}")
+                continue
+            problems += [f"{where}: {warning}" for warning in self.check_message(event, message)]
         return problems
 
     def _refuse_if_expired(self, event: AppointmentEvent, delivery: Delivery) -> None:

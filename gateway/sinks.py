@@ -90,9 +90,9 @@ class Sink(ABC):
     async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
         """Deliver, or raise PermanentDeliveryError / RetryableDeliveryError; any other error is retried."""
 
-    def check(self, samples: Sequence[AppointmentEvent], locales: Sequence[str]) -> list[str]:
-        """Problems `check-config` should report, found by trying the sink's templates on sample events rendered in
-        these locales (besides the sink's own); none by default."""
+    def check(self, samples: Sequence[tuple[AppointmentEvent, str | None]]) -> list[str]:
+        """Problems `check-config` should report, found by trying the sink on the sample events its routes would
+        send it, each with the locale its route chose; none by default."""
         return []
 
 

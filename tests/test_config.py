@@ -186,3 +186,43 @@ def test_check_config_summarises_a_good_file(
     assert "source moncreneau: moncreneau at POST /webhooks/moncreneau (2 secret(s))" in out
     assert "sink journal: file, concurrency 4, timeout 10s" in out
     assert "route 1: any source, customer.updated -> journal" in out
+
+
+def test_check_config_tries_each_messaging_sink_on_the_samples_its_routes_send_it(
+    write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        """
+        sinks:
+          sms:
+            type: twilio_sms
+            options:
+              account_sid: AC0123456789abcdef0123456789abcdef
+              auth_token: t
+              from: "+15005550006"
+              max_segments: 1
+              templates:
+                appointment.created: {body: "{{ 'Bienvenue ' * 20 }}"}
+                appointment.cancelled: {body: "{{ customer.nickname }}"}
+        routes:
+          - sources: [moncreneau]
+            events: [appointment.created, appointment.cancelled]
+            sinks: [sms]
+          - sources: [yapp]
+            events: ["*"]
+            sinks: [sms]
+            locale: en
+        """
+    )
+    assert main(["--config", str(config.path), "check-config"]) == 0
+    warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert warnings == [
+        "warning: sink sms: moncreneau appointment.created (fr): 2 GSM-7 segments (199 units) exceed max_segments 1",
+        "warning: sink sms: moncreneau appointment.cancelled (fr): template "
+        "sinks.sms.options.templates.appointment.cancelled.body failed: 'dict object' has no attribute 'nickname'",
+        "warning: sink sms: yappointment booking.created (en): 2 GSM-7 segments (199 units) exceed max_segments 1",
+        "warning: sink sms: yappointment booking.cancelled (en): template "
+        "sinks.sms.options.templates.appointment.cancelled.body failed: 'dict object' has no attribute 'nickname'",
+        "warning: sink sms: yappointment customer.updated (en): no sms body template for customer.updated in locale "
+        "en; add sinks.sms.options.templates.customer.updated.body",
+    ]

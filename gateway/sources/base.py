@@ -98,6 +98,10 @@ class Source(ABC):
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
         """A realistic body of the provider's `event_type`, as its "send test event" button would post."""
 
+    def sample_types(self) -> list[str]:
+        """The provider event types `sample` knows (check-config renders templates with them); none by default."""
+        return []
+
     def kept(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {name: headers[name] for name in self.kept_headers if name in headers}
 

@@ -25,7 +25,7 @@ from gateway.events import (
 )
 from gateway.exceptions import WebhookRejected
 from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sources.base import Source, Webhook, sample_from, validated, zulu
+from gateway.sources.base import Source, Webhook, load_samples, sample_from, validated, zulu
 
 SIGNATURE_HEADER = "x-moncreneau-signature"
 EVENT_TYPES = frozenset(
@@ -169,6 +169,9 @@ class Moncreneau(Source):
 
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
         return sample_from("moncreneau.json", event_type, id=event_id, created=zulu(occurred_at))
+
+    def sample_types(self) -> list[str]:
+        return list(load_samples("moncreneau.json"))
 
     def _appointment(self, data: _Appointment) -> Appointment:
         department = data.department

@@ -12,7 +12,7 @@ from gateway import hookimpl
 from gateway.events import Appointment, AppointmentEvent, Cancellation, Customer, EventType, Service
 from gateway.exceptions import WebhookRejected
 from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sources.base import Source, Webhook, sample_from, validated, zulu
+from gateway.sources.base import Source, Webhook, load_samples, sample_from, validated, zulu
 
 SIGNATURE_HEADER = "x-webhook-signature"
 EVENT_TYPES: dict[str, EventType] = {
@@ -104,6 +104,9 @@ class YAppointment(Source):
 
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
         return sample_from("yappointment.json", event_type, id=event_id, timestamp=zulu(occurred_at))
+
+    def sample_types(self) -> list[str]:
+        return list(load_samples("yappointment.json"))
 
     def _event(
         self,
