@@ -45,7 +45,7 @@ class Lane:
 class _Result:
     outcome: Outcome
     status_code: int | None = None
-    error: str | None = None
+    detail: str | None = None
     retry_after: float | None = None
     dead_reason: str = "permanent error"
 
@@ -149,7 +149,7 @@ class Worker:
             result = await self._deliver(lane, claimed, number)
             duration_ms = (time.perf_counter() - began) * 1000
             transition = self._transition(lane, claimed, number, result)
-            attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.error)
+            attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.detail)
             if transition.status == "dead":
                 logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)
             await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
@@ -185,10 +185,10 @@ class Worker:
         except RetryableDeliveryError as error:
             return _Result("retryable", error.status_code, _excerpt(error), error.retry_after)
         except TimeoutError:
-            return _Result("retryable", error=f"timed out after {lane.timeout:g}s")
+            return _Result("retryable", detail=f"timed out after {lane.timeout:g}s")
         except Exception as error:
             logger.exception("sink %s raised an unexpected error on delivery %s", lane.name, claimed.id)
-            return _Result("retryable", error=_excerpt(error, f"{type(error).__name__}: "))
+            return _Result("retryable", detail=_excerpt(error, f"{type(error).__name__}: "))
         if receipt is None:
             return _Result("succeeded")
         return _Result("succeeded", receipt.status_code, receipt.detail)

@@ -74,7 +74,7 @@ async def test_retries_follow_the_schedule_on_the_injected_clock(
         assert made == [1, 0, 1, 0, 1, 0, 1]
         delivery = await only_delivery(gateway, event_id)
         attempts = await gateway.store.attempts(delivery.id)
-    assert delivery.status == "succeeded" and delivery.attempts == 4
+    assert delivery.status == "succeeded" and delivery.attempts == 4 and delivery.last_error is None
     assert [a.started_at - start for a in attempts] == [0, 60, 360, 660]
     assert [(a.outcome, a.status_code) for a in attempts] == [
         ("retryable", 503),
@@ -82,7 +82,7 @@ async def test_retries_follow_the_schedule_on_the_injected_clock(
         ("retryable", 502),
         ("succeeded", 200),
     ]
-    assert "answered 503" in (attempts[0].error or "")
+    assert "answered 503" in (attempts[0].detail or "")
     assert all(a.duration_ms >= 0 for a in attempts)
 
 
@@ -152,7 +152,7 @@ async def test_a_timeout_is_retried(write_config: Callable[[str], Config], crm: 
         (attempt,) = await gateway.store.attempts(delivery.id)
         never.set()
     assert delivery.status == "pending" and attempt.outcome == "retryable"
-    assert "timed out" in (attempt.error or "")
+    assert "timed out" in (attempt.detail or "")
 
 
 async def test_a_crashed_workers_leases_come_back(write_config: Callable[[str], Config], crm: Receiver) -> None:

@@ -156,7 +156,7 @@ async def test_a_third_party_plugin_is_configured_from_yaml_and_receives_events(
         (delivery,) = await gateway.store.deliveries(response.json()["event_id"])
         first, second = await gateway.store.attempts(delivery.id)
     assert gateway_test_pager.PAGED == [("#bookings", "acme-1", 2, "fr")]
-    assert (first.outcome, first.error) == ("retryable", "ValueError: pager hiccup")
+    assert (first.outcome, first.detail) == ("retryable", "ValueError: pager hiccup")
     assert second.outcome == "succeeded"
 
 

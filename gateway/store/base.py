@@ -55,7 +55,8 @@ class AttemptRecord:
     duration_ms: float
     outcome: Outcome
     status_code: int | None = None
-    error: str | None = None
+    detail: str | None = None
+    """An excerpt of the error, or what the sink reported of its success."""
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     duration_ms REAL NOT NULL,
     outcome TEXT NOT NULL,
     status_code INTEGER,
-    error TEXT
+    detail TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
 CREATE TABLE IF NOT EXISTS sent_messages (
@@ -117,13 +117,14 @@ FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE d.id = ?
 """
 INSERT_ATTEMPT = """
-INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, error)
+INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 FINISH_ATTEMPT = """
 UPDATE deliveries
 SET status = ?, attempts = attempts + 1, next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL,
-    lease_expires_at = NULL, last_error = ?, dead_reason = ?, updated_at = ?
+    lease_expires_at = NULL, last_error = CASE WHEN ? = 'succeeded' THEN NULL ELSE ? END, dead_reason = ?,
+    updated_at = ?
 WHERE id = ? AND lease_owner = ?
 """
 RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?"
@@ -133,7 +134,7 @@ SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_
 FROM deliveries WHERE event_id = ? ORDER BY sink
 """
 SELECT_ATTEMPTS = """
-SELECT number, started_at, duration_ms, outcome, status_code, error
+SELECT number, started_at, duration_ms, outcome, status_code, detail
 FROM attempts WHERE delivery_id = ? ORDER BY id
 """
 COUNT_EVENTS = "SELECT count(*) FROM events"
@@ -236,7 +237,7 @@ class SQLiteStore:
                         attempt.duration_ms,
                         attempt.outcome,
                         attempt.status_code,
-                        attempt.error,
+                        attempt.detail,
                     ),
                 )
                 moved = db.execute(
@@ -244,7 +245,8 @@ class SQLiteStore:
                     (
                         transition.status,
                         transition.next_attempt_at,
-                        attempt.error,
+                        attempt.outcome,
+                        attempt.detail,
                         transition.dead_reason,
                         now,
                         delivery_id,

@@ -1,0 +1,82 @@
+"""Messaging sinks driven by the real worker and store: the sent ledger and expiry, end to end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import parse_qs
+
+import pytest
+
+from gateway.config import Config
+from gateway.sources.base import load_samples
+from tests.conftest import running_gateway
+from tests.receiver import Answer, Receiver, receiver
+
+pytestmark = pytest.mark.anyio
+SMS = """
+sinks:
+  sms:
+    type: twilio_sms
+    options:
+      account_sid: AC0123456789abcdef0123456789abcdef
+      auth_token: t
+      from: "+15005550006"
+      api_url: {url}
+      to: ["+33612345678", "+224622000000"]
+      expire_before_start: 1h
+    retry: {{schedule: [1m]}}
+routes:
+  - sinks: [sms]
+"""
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[Receiver]:
+    async with receiver() as endpoint:
+        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM2"}).encode())
+        yield endpoint
+
+
+async def test_a_retry_after_a_partial_failure_only_sends_what_was_not_sent(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    twilio.script(
+        Answer(201, {"Content-Type": "application/json"}, b'{"sid": "SM1"}'),
+        Answer(503, {"Content-Type": "application/json"}, b'{"code": 20500, "message": "busy", "status": 503}'),
+    )
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        event_id = (await gateway.post_moncreneau(load_samples("moncreneau.json")["appointment.created"])).json()[
+            "event_id"
+        ]
+        assert await gateway.worker.run_due() == 1
+        gateway.clock.advance(60)
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(event_id)
+        sent = await gateway.store.sent_messages(delivery.id)
+        attempts = await gateway.store.attempts(delivery.id)
+    assert [parse_qs(r.body.decode())["To"][0] for r in twilio.requests] == [
+        "+33612345678",
+        "+224622000000",
+        "+224622000000",
+    ]
+    assert sent == {"+33612345678": "SM1", "+224622000000": "SM2"}
+    assert [(a.outcome, a.detail) for a in attempts] == [
+        ("retryable", "Twilio error: HTTP 503, code 20500: Unable to create record: busy"),
+        ("succeeded", "sent SM2; 1 already sent"),
+    ]
+
+
+async def test_a_message_that_would_arrive_too_late_is_dead_lettered_as_expired(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        # the manual clock starts on 2026-01-01; the sample appointment is on 2026-01-25 at 14:30 UTC
+        gateway.clock.advance(24 * 86400 + 14 * 3600)
+        event_id = (await gateway.post_moncreneau(load_samples("moncreneau.json")["appointment.created"])).json()[
+            "event_id"
+        ]
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(event_id)
+    assert (delivery.status, delivery.dead_reason) == ("dead", "expired")
+    assert twilio.requests == []
