@@ -226,3 +226,36 @@ def test_check_config_tries_each_messaging_sink_on_the_samples_its_routes_send_i
         "warning: sink sms: yappointment customer.updated (en): no sms body template for customer.updated in locale "
         "en; add sinks.sms.options.templates.customer.updated.body",
     ]
+
+
+def test_every_commented_example_in_the_example_configuration_is_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncomment the example sinks and routes of config.example.yaml: the result must load as it stands."""
+    head, sinks = (ROOT / "config.example.yaml").read_text().split("\nsinks:\n", 1)
+    lines = []
+    for line in sinks.splitlines():
+        text = line.lstrip()
+        indent = len(line) - len(text)
+        if text.startswith("# ") and indent in (0, 2):
+            if text[2:3].isupper() or text.startswith("# before"):
+                continue  # prose, not an example
+            line = " " * indent + text[2:]
+        lines.append(line)
+    path = tmp_path / "all.yaml"
+    path.write_text(head + "\nsinks:\n" + "\n".join(lines) + "\n")
+    (tmp_path / "templates").mkdir()
+    for name in ("completed.subject.j2", "completed.j2"):
+        (tmp_path / "templates" / name).write_text("{{ when }}")
+    for variable in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "SMTP_USER", "SMTP_PASSWORD", "SENDGRID_API_KEY"):
+        monkeypatch.setenv(variable, "AC0123456789abcdef0123456789abcdef" if variable == "TWILIO_ACCOUNT_SID" else "x")
+    monkeypatch.setenv("CRM_URL", "https://crm.example/hooks")
+    monkeypatch.setenv("CRM_TOKEN", "t")
+    config = load_config(path, plugin_manager())
+    assert set(config.sinks) == {"journal", "crm", "sms", "email", "desk"}
+    assert [route.name for route in config.settings.routes] == [
+        "everything-to-the-journal",
+        "passport-service-to-crm",
+        "english-speaking-department",
+        "customers-by-sms",
+    ]
