@@ -162,21 +162,25 @@ async def test_a_refused_login_is_permanent_and_raises_an_alert(caplog: pytest.L
     assert "wrong-password" not in caplog.text
 
 
-async def test_starttls_with_a_private_ca(tmp_path: Path) -> None:
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_tls_with_a_private_ca(tmp_path: Path, security: str) -> None:
     authority = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(ca_file))
     handler = Mailbox()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=free_port(), tls_context=server_context, require_starttls=True
-    )
+    if security == "starttls":
+        controller = Controller(
+            handler, hostname="127.0.0.1", port=free_port(), tls_context=server_context, require_starttls=True
+        )
+    else:  # implicit TLS, as on port 465
+        controller = Controller(handler, hostname="127.0.0.1", port=free_port(), ssl_context=server_context)
     controller.start()
     try:
         with pytest.raises(RetryableDeliveryError):  # the public CAs do not know this server's certificate
-            await deliver(controller.port, security="starttls")
-        await deliver(controller.port, security="starttls", ca_file=str(ca_file))
+            await deliver(controller.port, security=security)
+        await deliver(controller.port, security=security, ca_file=str(ca_file))
     finally:
         controller.stop()
     assert len(handler.received) == 1
