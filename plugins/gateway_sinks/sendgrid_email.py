@@ -14,9 +14,8 @@ import json
 import logging
 import time
 import urllib.error
-from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import anyio.to_thread
 from pydantic import AnyHttpUrl, Field, field_validator
@@ -27,31 +26,19 @@ from gateway import hookimpl
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.messages import Message, check_event_types
-from gateway.notify import NotificationSink, NotifyOptions
 from gateway.sinks import Delivery, Sink, parse_retry_after
 from gateway.templates import event_context
+from gateway_sinks._email import EmailOptions, EmailSink
 
 logger = logging.getLogger(__name__)
-EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
 
-class SendGridOptions(NotifyOptions):
+class SendGridOptions(EmailOptions):
     api_key: str = Field(min_length=1)
-    from_email: str = Field(pattern=EMAIL)
-    from_name: str | None = None
-    reply_to: str | None = Field(None, pattern=EMAIL)
-    to: Literal["customer"] | list[str] = Field("customer", description="`customer`, or fixed addresses (staff)")
     dynamic_templates: dict[str, str] = Field(
         default_factory=dict, description="Event type -> SendGrid dynamic template id (d-...), used instead of ours"
     )
     api_url: AnyHttpUrl = Field(AnyHttpUrl("https://api.sendgrid.com"), description="e.g. https://api.eu.sendgrid.com")
-
-    @field_validator("to")
-    @classmethod
-    def _addresses(cls, to: str | list[str]) -> str | list[str]:
-        if isinstance(to, list) and (bad := [a for a in to if "@" not in a]):
-            raise ValueError(f"not email addresses: {', '.join(bad)}")
-        return to
 
     @field_validator("dynamic_templates")
     @classmethod
@@ -60,14 +47,10 @@ class SendGridOptions(NotifyOptions):
         return templates
 
 
-class SendGridEmail(NotificationSink):
+class SendGridEmail(EmailSink):
     type_name = "sendgrid_email"
-    kind = "email"
     Options = SendGridOptions
     options: SendGridOptions
-
-    def recipients(self, event: AppointmentEvent) -> Sequence[str]:
-        return email_recipients(self.options.to, event)
 
     async def send(self, recipient: str, message: Message, event: AppointmentEvent, delivery: Delivery) -> str:
         body = self._mail(recipient, message, event, delivery)
@@ -121,15 +104,6 @@ class SendGridEmail(NotificationSink):
             logger.error("ALERT sink %s: SendGrid refused the API key: %s", self.name, text)
             return PermanentDeliveryError(text, status_code=status, reason="authentication failed")
         return PermanentDeliveryError(text, status_code=status)
-
-
-def email_recipients(to: str | list[str], event: AppointmentEvent) -> Sequence[str]:
-    """Fixed addresses, or the customer's; an event without one is a permanent, explained failure."""
-    if isinstance(to, list):
-        return to
-    if event.customer is None or not event.customer.email:
-        raise PermanentDeliveryError("the event has no customer email address to write to", reason="no recipient")
-    return [event.customer.email]
 
 
 def _rate_limit_wait(headers: Any) -> float | None:

@@ -18,30 +18,25 @@ from pathlib import Path
 from typing import Literal
 
 import aiosmtplib
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from gateway import hookimpl
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.messages import Message
-from gateway.notify import NotificationSink, NotifyOptions
 from gateway.sinks import Delivery, Sink
-from gateway_sinks.sendgrid_email import EMAIL, email_recipients
+from gateway_sinks._email import EmailOptions, EmailSink
 
 logger = logging.getLogger(__name__)
 
 
-class SmtpOptions(NotifyOptions):
+class SmtpOptions(EmailOptions):
     host: str
     port: int = Field(587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = Field("starttls", description="tls = implicit TLS (port 465)")
     ca_file: Path | None = Field(None, description="PEM bundle of the CAs to trust, for a relay with a private CA")
     username: str | None = None
     password: str | None = None
-    from_email: str = Field(pattern=EMAIL)
-    from_name: str | None = None
-    reply_to: str | None = Field(None, pattern=EMAIL)
-    to: Literal["customer"] | list[str] = Field("customer", description="`customer`, or fixed addresses (staff)")
     message_id_domain: str = Field("appointment-gateway.invalid", description="right-hand side of Message-IDs")
 
     @model_validator(mode="after")
@@ -50,22 +45,11 @@ class SmtpOptions(NotifyOptions):
             raise ValueError("set both username and password, or neither")
         return self
 
-    @field_validator("to")
-    @classmethod
-    def _addresses(cls, to: str | list[str]) -> str | list[str]:
-        if isinstance(to, list) and (bad := [a for a in to if "@" not in a]):
-            raise ValueError(f"not email addresses: {', '.join(bad)}")
-        return to
 
-
-class SmtpEmail(NotificationSink):
+class SmtpEmail(EmailSink):
     type_name = "smtp_email"
-    kind = "email"
     Options = SmtpOptions
     options: SmtpOptions
-
-    def recipients(self, event: AppointmentEvent) -> Sequence[str]:
-        return email_recipients(self.options.to, event)
 
     async def send_all(
         self, recipients: Sequence[str], message: Message, event: AppointmentEvent, delivery: Delivery
