@@ -71,7 +71,7 @@ def create_app(
     config: Config, *, store: Store | None = None, clock: Clock | None = None, run_worker: bool | None = None
 ) -> Starlette:
     clock = clock or SystemClock()
-    store = store or store_for(config.settings.storage.url)
+    store = store or store_for(config.settings.storage)
     worker = build_worker(config, store, clock)
     metrics = Metrics()
     ingest = Ingest(

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="deliver stored events, without receiving webhooks")
     worker.set_defaults(command=_worker)
 
+    migrate = commands.add_parser("migrate", help="bring the database schema to this gateway's version")
+    migrate.set_defaults(command=_migrate)
+
     check = commands.add_parser("check-config", help="validate the configuration and print what it sets up")
     check.set_defaults(command=_check_config)
 
@@ -88,7 +91,7 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
     from gateway.store import store_for
 
     async def work() -> None:
-        store = store_for(config.settings.storage.url)
+        store = store_for(config.settings.storage)
         worker = build_worker(config, store, SystemClock())
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with running(config, store, worker):
@@ -101,6 +104,26 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
     except StorageError as error:
         print(f"storage: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from gateway.store import store_for
+
+    store = store_for(config.settings.storage)
+
+    async def migrate() -> list[str]:
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        applied = anyio.run(migrate)
+    except StorageError as error:
+        print(f"storage: {error}", file=sys.stderr)
+        return 1
+    print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
     return 0
 
 

@@ -38,14 +38,22 @@ class ServerConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    url: str = Field("sqlite:///gateway.db", description="sqlite:///relative.db or sqlite:////absolute.db")
+    url: str = Field(
+        "sqlite:///gateway.db",
+        description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:password@host:5432/db",
+    )
+    pool_min: int = Field(1, ge=0, description="PostgreSQL connections kept open")
+    pool_max: int = Field(10, ge=1, description="PostgreSQL connections at most")
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if not url.startswith("sqlite:///") or url == "sqlite:///":
-            raise ValueError(f"{url!r} is not a storage URL this gateway knows; write e.g. sqlite:///data/gateway.db")
-        return url
+        if url.startswith(("postgresql://", "postgres://")) or (url.startswith("sqlite:///") and url != "sqlite:///"):
+            return url
+        raise ValueError(
+            f"{url!r} is not a storage URL this gateway knows; write e.g. sqlite:///data/gateway.db or "
+            "postgresql://gateway:${DB_PASSWORD}@db:5432/gateway"
+        )
 
 
 class WorkerConfig(_Strict):

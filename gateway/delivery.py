@@ -101,9 +101,12 @@ class Worker:
         self.wake()
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as lanes:
-            for lane in self.lanes.values():
-                lanes.start_soon(self._run_lane, lane)
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(self.store.watch, self.wake)
+            async with anyio.create_task_group() as lanes:
+                for lane in self.lanes.values():
+                    lanes.start_soon(self._run_lane, lane)
+            watching.cancel_scope.cancel()
 
     async def run_due(self) -> int:
         """Claim and attempt, once, everything due now on every sink; return how many attempts were made."""

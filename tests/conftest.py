@@ -19,7 +19,7 @@ from gateway.delivery import Worker
 from gateway.plugins import plugin_manager
 from gateway.signing import hmac_sha256_hex
 from gateway.store.sqlite import SQLiteStore
-from tests.vendors import prism
+from tests.peers import postgres_database, prism
 
 MONCRENEAU_SECRET = "mc-secret-current"
 YAPP_SECRET = "yapp-secret"
@@ -115,4 +115,11 @@ def twilio_api() -> Iterator[str]:
 def sendgrid_api() -> Iterator[str]:
     """Base URL of a server enforcing SendGrid's official Mail Send OpenAPI spec."""
     with prism("sendgrid") as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped after the test."""
+    with postgres_database() as url:
         yield url

@@ -165,3 +165,25 @@ def test_serve_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
         output, _ = server.communicate(timeout=20)
     assert server.returncode == 2
     assert "sinks.crm.type: unknown sink type 'htp' (did you mean http?); installed: file, http" in output
+
+
+def test_migrate_brings_a_postgresql_schema_up_to_date_and_serve_refuses_one_behind(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage: {{url: '{postgres_url}'}}\n")
+    with gateway_process(config, "serve", "--port", str(free_port())) as server:
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode != 0
+    assert "the schema is at version 0, this gateway needs 1; run `appointment-gateway migrate`" in output
+    assert main(["-c", str(config), "migrate"]) == 0
+    assert "applied: 0001_initial.sql" in capsys.readouterr().out
+    assert main(["-c", str(config), "migrate"]) == 0
+    assert "the schema is up to date" in capsys.readouterr().out
+
+
+def test_migrate_reports_an_unreachable_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage: {{url: 'postgresql://gateway:pw@127.0.0.1:{free_port()}/gateway'}}\n")
+    assert main(["-c", str(config), "migrate"]) == 1
+    assert "cannot connect" in capsys.readouterr().err

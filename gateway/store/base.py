@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -82,9 +82,20 @@ class DeliveryRow:
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect; raise StorageError when the database cannot be used (unreachable, schema behind or ahead)."""
+        ...
 
     async def close(self) -> None: ...
+
+    async def migrate(self) -> list[str]:
+        """Bring the schema to this gateway's version; return the names of the migrations applied."""
+        ...
+
+    async def watch(self, wake: Callable[[Iterable[str] | None], None]) -> None:
+        """Until cancelled, call `wake(sinks)` whenever any process commits deliveries for those sinks (None: look
+        at every sink). A store that cannot tell waits forever, and workers fall back on polling."""
+        ...
 
     async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
         """Commit the event and one pending delivery per target in one transaction, unless the provider's event id

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Self, TypeVar
@@ -177,6 +177,17 @@ class SQLiteStore:
             connection.close()
             raise
         return connection
+
+    async def migrate(self) -> list[str]:
+        """The embedded store brings its schema up to date whenever it opens."""
+        await self.open()
+        await self.close()
+        return []
+
+    async def watch(self, wake: Callable[[Iterable[str] | None], None]) -> None:
+        """SQLite cannot tell other processes about new rows: in-process ingest wakes the worker directly, and a
+        separate worker process polls."""
+        await anyio.sleep_forever()
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -1,6 +1,11 @@
-"""Prism mock servers enforcing the vendors' official OpenAPI specs, for contract tests of the SMS and email sinks.
+"""Real peers the tests need and this repository does not ship, each skipped with a pointer when absent
+(and failed instead under CI, where .ci/run provides them).
 
-The specs are not part of this repository. Set VENDOR_SPECS_DIR to a folder holding twilio_api_v2010.json
+PostgreSQL: set GATEWAY_TEST_POSTGRES to a URL of a server where the tests may create and drop databases
+(.ci/run starts a throwaway cluster on a loopback port).
+
+Prism mock servers enforcing the vendors' official OpenAPI specs, for contract tests of the SMS and email sinks:
+the specs are not part of this repository. Set VENDOR_SPECS_DIR to a folder holding twilio_api_v2010.json
 (github.com/twilio/twilio-oai, spec/json, commit d50069b) and sendgrid_mail_v3.json (github.com/twilio/sendgrid-oai,
 spec/json/tsg_mail_v3.json, commit dbe0e0d), and PRISM to Prism's executable (`npm install @stoplight/prism-cli`),
 or put `prism` on PATH. Without them the contract tests skip, except under CI, where they fail.
@@ -13,17 +18,20 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 SPECS = {"twilio": "twilio_api_v2010.json", "sendgrid": "sendgrid_mail_v3.json"}
 
 
 def _missing(what: str) -> None:
-    message = f"contract tests need {what}; see tests/vendors.py"
+    message = f"these tests need {what}; see tests/peers.py"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -57,3 +65,19 @@ def prism(vendor: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server for the block; yield its URL."""
+    admin = os.environ.get("GATEWAY_TEST_POSTGRES")
+    if not admin:
+        _missing("a PostgreSQL server: GATEWAY_TEST_POSTGRES=postgresql://user@host:port/postgres")
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(str(admin), autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield urlunsplit(urlsplit(str(admin))._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(str(admin), autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())

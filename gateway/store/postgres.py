@@ -1,0 +1,354 @@
+"""PostgreSQL store, for several gateway processes on one database (psycopg 3, async, pooled).
+
+Claims lock rows with FOR UPDATE SKIP LOCKED, so that workers never wait on each other and never take the same
+delivery; leases still bound a claim in time, so that a killed worker's deliveries come back. Every ingest that
+creates deliveries sends NOTIFY gateway_deliveries in its transaction: listening workers look at once, on commit.
+The schema is versioned (gateway/store/migrations/NNNN_name.sql), applied by `appointment-gateway migrate` and
+checked at open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import fields
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.exceptions import StorageError
+from gateway.routing import Target
+from gateway.store.base import AttemptRecord, ClaimedDelivery, DeliveryRow, EventRecord, Ingested, Transition
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R")
+CHANNEL = "gateway_deliveries"
+MIGRATIONS = sorted(
+    (int(entry.name.split("_")[0]), entry.name)
+    for entry in resources.files("gateway.store.migrations").iterdir()
+    if entry.name.endswith(".sql")
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
+INSERT_EVENT = f"""
+INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("%s" for _ in EVENT_COLUMNS)})
+ON CONFLICT (source, provider_event_id) DO NOTHING
+RETURNING id
+"""
+FIND_EVENT_ID = "SELECT id FROM events WHERE source = %s AND provider_event_id = %s"
+INSERT_DELIVERY = """
+INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
+                        updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)
+"""
+NOTIFY = "SELECT pg_notify(%s, %s)"
+# The same rule as SQLite's: a delivery waits behind an earlier pending one of the same appointment and sink.
+CLAIM = """
+WITH claimable AS (
+    SELECT d.id FROM deliveries AS d
+    WHERE d.sink = %(sink)s AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
+      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= %(now)s)
+      AND (d.ordering_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM deliveries AS e
+            WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending'
+              AND (e.occurred_at, e.created_at, e.id) < (d.occurred_at, d.created_at, d.id)))
+    ORDER BY d.next_attempt_at, d.occurred_at
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE deliveries AS d SET lease_owner = %(owner)s, lease_expires_at = %(lease_until)s
+FROM claimable, events AS e
+WHERE d.id = claimable.id AND e.id = d.event_id
+RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_at, d.locale, e.canonical
+"""
+INSERT_ATTEMPT = """
+INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
+FINISH_ATTEMPT = """
+UPDATE deliveries
+SET status = %(status)s, attempts = attempts + 1, next_attempt_at = COALESCE(%(next)s, next_attempt_at),
+    lease_owner = NULL, lease_expires_at = NULL,
+    last_error = CASE WHEN %(outcome)s = 'succeeded' THEN NULL ELSE %(detail)s END,
+    dead_reason = %(dead_reason)s, updated_at = %(now)s
+WHERE id = %(id)s AND lease_owner = %(owner)s
+"""
+RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = %s AND lease_owner = %s"
+SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = %s"
+SELECT_DELIVERIES = """
+SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error
+FROM deliveries WHERE event_id = %s ORDER BY sink
+"""
+SELECT_ATTEMPTS = """
+SELECT number, started_at, duration_ms, outcome, status_code, detail FROM attempts WHERE delivery_id = %s ORDER BY id
+"""
+COUNT_EVENTS = "SELECT count(*) FROM events"
+SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = %s"
+INSERT_SENT = """
+INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (delivery_id, recipient) DO NOTHING
+"""
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS gateway_schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7395013620945)"  # one migrating process at a time
+SCHEMA_VERSION_QUERY = "SELECT coalesce(max(version), 0) FROM gateway_schema_migrations"
+MIGRATIONS_TABLE_EXISTS = "SELECT to_regclass('gateway_schema_migrations') IS NOT NULL"
+RECORD_MIGRATION = "INSERT INTO gateway_schema_migrations (version, name) VALUES (%s, %s)"
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=pool_min,
+            max_size=pool_max,
+            timeout=connect_timeout,
+            open=False,
+            kwargs={"connect_timeout": max(1, int(connect_timeout)), "row_factory": tuple_row},
+        )
+        self._opened = False
+
+    async def open(self) -> None:
+        """Connect, and refuse a database whose schema is not this gateway's version."""
+        await self._connect()
+        version = await self.schema_version()
+        if version < SCHEMA_VERSION:
+            await self.close()
+            raise StorageError(
+                f"PostgreSQL {_safe(self.url)}: the schema is at version {version}, this gateway needs "
+                f"{SCHEMA_VERSION}; run `appointment-gateway migrate`"
+            )
+        if version > SCHEMA_VERSION:
+            await self.close()
+            raise StorageError(
+                f"PostgreSQL {_safe(self.url)}: the schema is at version {version}, newer than this gateway's "
+                f"{SCHEMA_VERSION}; upgrade the gateway"
+            )
+
+    async def close(self) -> None:
+        self._opened = False
+        await self._pool.close()
+
+    async def _connect(self) -> None:
+        if self._opened:
+            return
+        try:
+            # one direct attempt first: a refused or misconfigured server fails now, with the server's own words
+            probe = await psycopg.AsyncConnection.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)))
+            await probe.close()
+            await self._pool.open(wait=True, timeout=self.connect_timeout)
+        except (PoolTimeout, psycopg.Error) as error:
+            await self._pool.close()  # or it keeps trying in the background
+            raise StorageError(f"PostgreSQL {_safe(self.url)}: cannot connect: {error}") from error
+        self._opened = True
+
+    async def schema_version(self) -> int:
+        async def version(conn: psycopg.AsyncConnection[Any]) -> int:
+            if not (await (await conn.execute(MIGRATIONS_TABLE_EXISTS)).fetchone() or (False,))[0]:
+                return 0
+            row = await (await conn.execute(SCHEMA_VERSION_QUERY)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(version)
+
+    async def migrate(self) -> list[str]:
+        """Apply the migrations this database lacks, each in its own transaction; return their names."""
+        await self._connect()
+        applied = []
+        for version, name in MIGRATIONS:
+
+            async def apply(conn: psycopg.AsyncConnection[Any], version: int = version, name: str = name) -> bool:
+                await conn.execute(MIGRATION_LOCK)
+                await conn.execute(CREATE_MIGRATIONS_TABLE)
+                current = await (await conn.execute(SCHEMA_VERSION_QUERY)).fetchone()
+                if current is not None and current[0] >= version:
+                    return False
+                sql = resources.files("gateway.store.migrations").joinpath(name).read_text(encoding="utf-8")
+                await conn.execute(sql.encode())
+                await conn.execute(RECORD_MIGRATION, (version, name))
+                return True
+
+            if await self._run(apply):
+                applied.append(name)
+        return applied
+
+    async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
+        values = [
+            json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
+        ]
+
+        async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
+            if await (await conn.execute(INSERT_EVENT, values)).fetchone() is None:
+                existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
+                assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
+                return Ingested(event_id=existing[0], duplicate=True)
+            if targets:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        INSERT_DELIVERY,
+                        [
+                            (
+                                str(uuid.uuid4()),
+                                event.id,
+                                target.sink,
+                                target.locale,
+                                event.ordering_key,
+                                event.occurred_at,
+                                event.received_at,
+                                event.received_at,
+                                event.received_at,
+                            )
+                            for target in targets
+                        ],
+                    )
+                await conn.execute(NOTIFY, (CHANNEL, ",".join(target.sink for target in targets)))
+            return Ingested(event_id=event.id, duplicate=False)
+
+        return await self._run(ingest)
+
+    async def claim(
+        self, sink: str, *, limit: int, now: float, owner: str, lease_until: float
+    ) -> list[ClaimedDelivery]:
+        parameters = {"sink": sink, "now": now, "limit": limit, "owner": owner, "lease_until": lease_until}
+
+        async def claim(conn: psycopg.AsyncConnection[Any]) -> list[ClaimedDelivery]:
+            rows = await (await conn.execute(CLAIM, parameters)).fetchall()
+            return [ClaimedDelivery(*row) for row in rows]
+
+        return await self._run(claim)
+
+    async def record_attempt(
+        self, delivery_id: str, owner: str, attempt: AttemptRecord, transition: Transition, *, now: float
+    ) -> bool:
+        async def record(conn: psycopg.AsyncConnection[Any]) -> bool:
+            await conn.execute(
+                INSERT_ATTEMPT,
+                (
+                    delivery_id,
+                    attempt.number,
+                    attempt.started_at,
+                    attempt.duration_ms,
+                    attempt.outcome,
+                    attempt.status_code,
+                    attempt.detail,
+                ),
+            )
+            cursor = await conn.execute(
+                FINISH_ATTEMPT,
+                {
+                    "status": transition.status,
+                    "next": transition.next_attempt_at,
+                    "outcome": attempt.outcome,
+                    "detail": attempt.detail,
+                    "dead_reason": transition.dead_reason,
+                    "now": now,
+                    "id": delivery_id,
+                    "owner": owner,
+                },
+            )
+            return cursor.rowcount > 0
+
+        return await self._run(record)
+
+    async def release(self, delivery_ids: Sequence[str], owner: str) -> None:
+        async def release(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(RELEASE, [(delivery_id, owner) for delivery_id in delivery_ids])
+
+        await self._run(release)
+
+    async def sent_messages(self, delivery_id: str) -> dict[str, str]:
+        async def sent(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:
+            return dict(await (await conn.execute(SELECT_SENT, (delivery_id,))).fetchall())
+
+        return await self._run(sent)
+
+    async def record_sent(self, delivery_id: str, recipient: str, provider_message_id: str, *, at: float) -> None:
+        async def record(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(INSERT_SENT, (delivery_id, recipient, provider_message_id, at))
+
+        await self._run(record)
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        async def get(conn: psycopg.AsyncConnection[Any]) -> EventRecord | None:
+            row = await (await conn.execute(SELECT_EVENT, (event_id,))).fetchone()
+            if row is None:
+                return None
+            columns = dict(zip(EVENT_COLUMNS, row, strict=True))
+            columns["raw_body"] = bytes(columns["raw_body"])
+            return EventRecord(**columns)
+
+        return await self._run(get)
+
+    async def deliveries(self, event_id: str) -> list[DeliveryRow]:
+        async def deliveries(conn: psycopg.AsyncConnection[Any]) -> list[DeliveryRow]:
+            return [DeliveryRow(*row) for row in await (await conn.execute(SELECT_DELIVERIES, (event_id,))).fetchall()]
+
+        return await self._run(deliveries)
+
+    async def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        async def attempts(conn: psycopg.AsyncConnection[Any]) -> list[AttemptRecord]:
+            return [
+                AttemptRecord(*row) for row in await (await conn.execute(SELECT_ATTEMPTS, (delivery_id,))).fetchall()
+            ]
+
+        return await self._run(attempts)
+
+    async def count_events(self) -> int:
+        async def count(conn: psycopg.AsyncConnection[Any]) -> int:
+            row = await (await conn.execute(COUNT_EVENTS)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(count)
+
+    async def watch(self, wake: Callable[[Iterable[str] | None], None]) -> None:
+        """LISTEN for new deliveries from every process and wake the worker's lanes; reconnects after failures,
+        waking every lane each time it (re)connects, since notifications sent meanwhile are lost."""
+        pause = 0.5
+        while True:
+            try:
+                connection = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout))
+                )
+                async with connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    wake(None)
+                    pause = 0.5
+                    async for notice in connection.notifies():
+                        wake(notice.payload.split(","))
+            except psycopg.Error as error:
+                logger.warning("LISTEN %s lost (%s); polling until it is back", CHANNEL, error)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+
+    async def _run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[R]]) -> R:
+        if not self._opened:
+            raise StorageError(f"PostgreSQL {_safe(self.url)}: the store is not open")
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                return await operation(conn)
+        except (psycopg.Error, PoolTimeout) as error:
+            raise StorageError(f"PostgreSQL {_safe(self.url)}: {error}") from error
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))

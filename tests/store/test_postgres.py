@@ -1,0 +1,122 @@
+"""What only the PostgreSQL store does: migrations, NOTIFY, and several processes' pools on one database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+import anyio
+import pytest
+
+from gateway.exceptions import StorageError
+from gateway.routing import Target
+from gateway.store.postgres import SCHEMA_VERSION, PostgresStore
+from tests.store.test_contract import record
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def migrated(postgres_url: str) -> AsyncIterator[str]:
+    store = PostgresStore(postgres_url)
+    await store.migrate()
+    await store.close()
+    yield postgres_url
+
+
+async def test_a_database_without_the_schema_is_refused_with_the_fix(postgres_url: str) -> None:
+    with pytest.raises(
+        StorageError, match=r"schema is at version 0, this gateway needs 1; run `appointment-gateway migrate`"
+    ):
+        await PostgresStore(postgres_url).open()
+
+
+async def test_migrations_apply_once_even_when_two_processes_race(postgres_url: str) -> None:
+    results: list[list[str]] = []
+
+    async def migrate() -> None:
+        store = PostgresStore(postgres_url)
+        results.append(await store.migrate())
+        await store.close()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(migrate)
+        tasks.start_soon(migrate)
+    assert sorted(results) == [[], ["0001_initial.sql"]]
+    store = PostgresStore(postgres_url)
+    await store.open()
+    assert await store.schema_version() == SCHEMA_VERSION
+    assert await store.migrate() == []
+    await store.close()
+
+
+async def test_new_deliveries_wake_listening_workers_in_other_processes(migrated: str) -> None:
+    listener, writer = PostgresStore(migrated), PostgresStore(migrated)
+    await writer.open()
+    woken: list[list[str] | None] = []
+    arrived = anyio.Event()
+
+    def wake(sinks: Iterable[str] | None) -> None:
+        woken.append(None if sinks is None else list(sinks))
+        if sinks is not None:
+            arrived.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.watch, wake)
+        with anyio.fail_after(5):
+            while not woken:  # the first wake-up says the listener is connected
+                await anyio.sleep(0.01)
+            await writer.ingest(record(), [Target("crm"), Target("sms")])
+            await arrived.wait()
+        tasks.cancel_scope.cancel()
+    await writer.close()
+    assert woken == [None, ["crm", "sms"]]
+
+
+async def test_workers_on_separate_pools_claim_disjoint_deliveries(migrated: str) -> None:
+    setup = PostgresStore(migrated)
+    await setup.open()
+    for n in range(60):
+        await setup.ingest(record(f"evt_{n}", key=f"appointment-{n}"), [Target("crm")])
+    workers = [PostgresStore(migrated) for _ in range(3)]
+    claimed: list[list[str]] = [[] for _ in workers]
+
+    async def drain(index: int) -> None:
+        store = workers[index]
+        await store.open()
+        while batch := await store.claim("crm", limit=4, now=2000.0, owner=f"w{index}", lease_until=2030.0):
+            claimed[index] += [delivery.id for delivery in batch]
+        await store.close()
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(len(workers)):
+            tasks.start_soon(drain, index)
+    everything = [delivery_id for ids in claimed for delivery_id in ids]
+    assert len(everything) == len(set(everything)) == 60
+    await setup.close()
+
+
+async def test_the_same_provider_event_from_two_processes_is_stored_once(migrated: str) -> None:
+    stores = [PostgresStore(migrated) for _ in range(2)]
+    for store in stores:
+        await store.open()
+    results = []
+
+    async def ingest(store: PostgresStore) -> None:
+        for n in range(30):
+            results.append(await store.ingest(record(f"evt_{n}"), [Target("crm")]))
+
+    async with anyio.create_task_group() as tasks:
+        for store in stores:
+            tasks.start_soon(ingest, store)
+    assert sum(not result.duplicate for result in results) == 30
+    assert await stores[0].count_events() == 30
+    for store in stores:
+        await store.close()
+
+
+async def test_an_unreachable_server_is_a_storage_error_without_the_password() -> None:
+    store = PostgresStore(f"postgresql://gateway:s3cret@127.0.0.1:9/{uuid.uuid4().hex}", connect_timeout=1)
+    with pytest.raises(StorageError, match="cannot connect") as error:
+        await store.open()
+    assert "s3cret" not in str(error.value) and "gateway:***@127.0.0.1:9" in str(error.value)
