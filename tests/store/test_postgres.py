@@ -54,18 +54,16 @@ async def test_new_deliveries_wake_listening_workers_in_other_processes(migrated
     listener, writer = PostgresStore(migrated), PostgresStore(migrated)
     await writer.open()
     woken: list[list[str] | None] = []
-    arrived = anyio.Event()
+    listening, arrived = anyio.Event(), anyio.Event()
 
     def wake(sinks: Iterable[str] | None) -> None:
         woken.append(None if sinks is None else list(sinks))
-        if sinks is not None:
-            arrived.set()
+        (listening if sinks is None else arrived).set()
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(listener.watch, wake)
         with anyio.fail_after(5):
-            while not woken:  # the first wake-up says the listener is connected
-                await anyio.sleep(0.01)
+            await listening.wait()  # the first wake-up says the listener is connected
             await writer.ingest(record(), [Target("crm"), Target("sms")])
             await arrived.wait()
         tasks.cancel_scope.cancel()
