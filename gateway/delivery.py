@@ -101,6 +101,7 @@ class Worker:
         self.wake()
 
     async def run(self) -> None:
+        logger.info("worker %s delivering to %s", self.owner, ", ".join(self.lanes) or "no sink")
         async with anyio.create_task_group() as watching:
             watching.start_soon(self.store.watch, self.wake)
             async with anyio.create_task_group() as lanes:

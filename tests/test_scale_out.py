@@ -1,0 +1,169 @@
+"""Several gateway processes on one PostgreSQL database: two ingest replicas, two workers, one killed midway."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import httpx
+import psycopg
+import pytest
+
+from gateway.cli import main
+from gateway.signing import hmac_sha256_hex
+from gateway.sources.base import load_samples
+from tests.conftest import MONCRENEAU_SECRET
+from tests.receiver import receiver
+from tests.test_cli import free_port
+
+pytestmark = pytest.mark.anyio
+EVENTS = 2000
+SENT_TO_BOTH = 200  # of those, posted at the same moment to both replicas
+CONCURRENCY = 32
+
+
+@contextmanager
+def process(log: Path, config: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as output:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "-c", str(config), *args],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def signed(n: int) -> tuple[bytes, dict[str, str]]:
+    body = load_samples("moncreneau.json")["appointment.created"]
+    body["id"] = f"evt_{n}"
+    body["data"]["object"]["id"] = n
+    raw = json.dumps(body).encode()
+    return raw, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float) -> None:
+    """Poll other processes, which cannot signal us, until `condition` holds; fail after `seconds`."""
+    with anyio.fail_after(seconds):
+        while not await condition():  # noqa: ASYNC110  the condition lives in other processes and the database
+            await anyio.sleep(0.1)
+
+
+async def test_replicas_and_workers_deliver_every_accepted_event_once_through_a_worker_kill(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    async with receiver() as crm, await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
+        config = tmp_path / "config.yaml"
+        ports = [free_port(), free_port()]
+        config.write_text(
+            f"""
+storage: {{url: "{postgres_url}", pool_max: 4}}
+worker: {{poll_interval: 1s, lease_margin: 1s, shutdown_grace: 1s}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}
+sinks:
+  crm: {{type: http, options: {{url: "{crm.url}/crm"}}, concurrency: 8, timeout: 2s, retry: {{schedule: [1s]}}}}
+routes:
+  - sinks: [crm]
+"""
+        )
+        assert await anyio.to_thread.run_sync(main, ["-c", str(config), "migrate"]) == 0
+        with ExitStack() as processes:
+            for index, port in enumerate(ports):
+                processes.enter_context(
+                    process(tmp_path / f"serve{index}.log", config, "serve", "--no-worker", "--port", str(port))
+                )
+            workers = [processes.enter_context(process(tmp_path / f"worker{i}.log", config, "worker")) for i in (0, 1)]
+            urls = [f"http://127.0.0.1:{port}/webhooks/moncreneau" for port in ports]
+
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def healthy() -> bool:
+                    try:
+                        return all(
+                            [
+                                (await client.get(url.replace("/webhooks/moncreneau", "/healthz"))).is_success
+                                for url in urls
+                            ]
+                        )
+                    except httpx.HTTPError:
+                        return False
+
+                await until(healthy, "both replicas to listen", 30)
+                answers: Counter[int] = Counter()
+                limit = anyio.Semaphore(CONCURRENCY)
+
+                async def post(n: int) -> None:
+                    raw, headers = signed(n)
+                    async with limit:
+                        targets = urls if n < SENT_TO_BOTH else [urls[n % 2]]
+                        async with anyio.create_task_group() as both:
+                            for url in targets:
+                                both.start_soon(send, url, raw, headers)
+
+                async def send(url: str, raw: bytes, headers: dict[str, str]) -> None:
+                    answers[(await client.post(url, content=raw, headers=headers)).status_code] += 1
+
+                async def post_range(start: int, stop: int) -> None:
+                    async with anyio.create_task_group() as posting:
+                        for n in range(start, stop):
+                            posting.start_soon(post, n)
+
+                async def flowing() -> bool:
+                    return len(crm.requests) >= EVENTS // 4
+
+                await post_range(0, EVENTS // 2)
+                await until(flowing, "deliveries to flow", 60)
+                owner = re.search(r"worker (worker-[0-9a-f-]+) delivering", (tmp_path / "worker0.log").read_text())
+                assert owner is not None
+                workers[0].send_signal(signal.SIGKILL)
+                workers[0].wait()
+                cursor = await db.execute("SELECT id FROM deliveries WHERE lease_owner = %s", (owner.group(1),))
+                in_flight = {row[0] for row in await cursor.fetchall()}
+                await post_range(EVENTS // 2, EVENTS)
+
+            expected = {f"evt_{n}" for n in range(EVENTS)}
+
+            async def everything_delivered() -> bool:
+                return {json.loads(r.body)["provider_event_id"] for r in crm.requests} >= expected
+
+            await until(everything_delivered, "every accepted event at the sink", 90)
+
+            async def nothing_pending() -> bool:
+                cursor = await db.execute("SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
+                row = await cursor.fetchone()
+                return row is not None and row[0] == 0
+
+            await until(nothing_pending, "no delivery left pending", 30)
+
+        received = Counter(request.headers["idempotency-key"] for request in crm.requests)
+        duplicated = {key for key, count in received.items() if count > 1}
+        cursor = await db.execute("SELECT count(*), count(DISTINCT event_id) FROM deliveries")
+        deliveries, events = await cursor.fetchone() or (0, 0)
+        print(
+            f"\nsent {EVENTS} events ({SENT_TO_BOTH} to both replicas at once): answers {dict(answers)}; "
+            f"stored {events}, deliveries {deliveries}; sink received {len(crm.requests)} requests for "
+            f"{len(received)} deliveries; duplicated {len(duplicated)}; in flight at the kill {len(in_flight)}"
+        )
+        assert answers == {202: EVENTS, 200: SENT_TO_BOTH}
+        assert (events, deliveries, len(received)) == (EVENTS, EVENTS, EVENTS)
+        assert duplicated <= in_flight
