@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -63,9 +64,12 @@ def signed(n: int) -> tuple[bytes, dict[str, str]]:
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float) -> None:
     """Poll other processes, which cannot signal us, until `condition` holds; fail after `seconds`."""
-    with anyio.fail_after(seconds):
-        while not await condition():  # noqa: ASYNC110  the condition lives in other processes and the database
-            await anyio.sleep(0.1)
+    try:
+        with anyio.fail_after(seconds):
+            while not await condition():  # noqa: ASYNC110  the condition lives in other processes and the database
+                await anyio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"gave up after {seconds:g}s waiting for {what}") from None
 
 
 async def test_replicas_and_workers_deliver_every_accepted_event_once_through_a_worker_kill(
@@ -131,6 +135,7 @@ routes:
                 async def flowing() -> bool:
                     return len(crm.requests) >= EVENTS // 4
 
+                started = time.monotonic()
                 await post_range(0, EVENTS // 2)
                 await until(flowing, "deliveries to flow", 60)
                 owner = re.search(r"worker (worker-[0-9a-f-]+) delivering", (tmp_path / "worker0.log").read_text())
@@ -140,6 +145,7 @@ routes:
                 cursor = await db.execute("SELECT id FROM deliveries WHERE lease_owner = %s", (owner.group(1),))
                 in_flight = {row[0] for row in await cursor.fetchall()}
                 await post_range(EVENTS // 2, EVENTS)
+                posted = time.monotonic()
 
             expected = {f"evt_{n}" for n in range(EVENTS)}
 
@@ -154,6 +160,7 @@ routes:
                 return row is not None and row[0] == 0
 
             await until(nothing_pending, "no delivery left pending", 30)
+            drained = time.monotonic()
 
         received = Counter(request.headers["idempotency-key"] for request in crm.requests)
         duplicated = {key for key, count in received.items() if count > 1}
@@ -162,7 +169,8 @@ routes:
         print(
             f"\nsent {EVENTS} events ({SENT_TO_BOTH} to both replicas at once): answers {dict(answers)}; "
             f"stored {events}, deliveries {deliveries}; sink received {len(crm.requests)} requests for "
-            f"{len(received)} deliveries; duplicated {len(duplicated)}; in flight at the kill {len(in_flight)}"
+            f"{len(received)} deliveries; duplicated {len(duplicated)}; in flight at the kill {len(in_flight)}; "
+            f"all posted in {posted - started:.1f}s, all delivered {drained - started:.1f}s after the first post"
         )
         assert answers == {202: EVENTS, 200: SENT_TO_BOTH}
         assert (events, deliveries, len(received)) == (EVENTS, EVENTS, EVENTS)
