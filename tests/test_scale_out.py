@@ -28,8 +28,8 @@ from tests.receiver import receiver
 from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
-EVENTS = 2000
-SENT_TO_BOTH = 200  # of those, posted at the same moment to both replicas
+EVENTS = 3000
+SENT_TO_BOTH = 300  # of those, posted at the same moment to both replicas
 CONCURRENCY = 32
 
 
