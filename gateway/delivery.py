@@ -204,8 +204,8 @@ class Worker:
             return Transition("dead", dead_reason=result.dead_reason)
         decision = after_failure(
             lane.retry,
-            attempts=number,
-            received_at=claimed.created_at,
+            attempts=number - claimed.attempts_before,
+            received_at=claimed.retry_since,
             now=self.clock.now(),
             retry_after=result.retry_after,
             rng=self.rng,

@@ -66,6 +66,11 @@ class Ingest:
             canonical=event.model_dump_json(by_alias=True) if event is not None else None,
             raw_body=body,
             headers=webhook.headers,
+            appointment_id=event.appointment.id if event is not None and event.appointment else None,
+            customer_phone=event.customer.phone if event is not None and event.customer else None,
+            customer_email=event.customer.email.lower()
+            if event is not None and event.customer and event.customer.email
+            else None,
         )
         stored = await self.store.ingest(record, targets)
         outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from gateway.routing import Target
 
-DeliveryStatus = Literal["pending", "succeeded", "dead"]
+if TYPE_CHECKING:
+    from gateway.store.queries import DeadLetterQuery, EventQuery
+
+DeliveryStatus = Literal["pending", "succeeded", "dead", "discarded"]
 Outcome = Literal["succeeded", "retryable", "permanent"]
 """An attempt's result: delivered, failed in a way that may pass, or failed for good."""
 
@@ -29,6 +32,9 @@ class EventRecord:
     canonical: str | None
     raw_body: bytes
     headers: dict[str, str]
+    appointment_id: str | None = None
+    customer_phone: str | None = None
+    customer_email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,10 @@ class ClaimedDelivery:
     event_id: str
     sink: str
     attempts: int
-    created_at: float
+    retry_since: float
+    """When the retry policy's clock started: the event's receipt, or the latest replay."""
+    attempts_before: int
+    """Attempts made before the latest replay; the retry policy counts only those after it."""
     locale: str | None
     canonical: str
 
@@ -79,6 +88,46 @@ class DeliveryRow:
     lease_owner: str | None
     dead_reason: str | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    id: str
+    source: str
+    provider_event_id: str
+    provider_event_type: str
+    type: str | None
+    occurred_at: float
+    received_at: float
+    appointment_id: str | None
+    deliveries: dict[str, DeliveryStatus]
+    """Sink -> status of its delivery."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    delivery_id: str
+    event_id: str
+    sink: str
+    source: str
+    type: str | None
+    provider_event_type: str
+    attempts: int
+    dead_reason: str | None
+    last_error: str | None
+    dead_at: float
+    received_at: float
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    pending: int
+    """Deliveries not yet done, leased or waiting."""
+    due: int
+    """Of those, due now and not leased."""
+    oldest_due_age: float
+    """Seconds the oldest due delivery has waited past its due time (0 when none)."""
+    dead: int
 
 
 class Store(Protocol):
@@ -128,6 +177,44 @@ class Store(Protocol):
         ...
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    async def list_events(
+        self, query: EventQuery, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[EventSummary]:
+        """Matching events, newest first (received_at, id), starting after the `after` position."""
+        ...
+
+    async def replay(self, event_id: str, *, sink: str | None = None, now: float) -> list[str]:
+        """Queue the event's finished (succeeded or dead) deliveries again, or only the one to `sink`, due now;
+        their attempts stay, and the retry policy starts afresh. Return the ids re-queued."""
+        ...
+
+    async def list_dead_letters(
+        self, query: DeadLetterQuery, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        """Dead deliveries matching `query`, most recently dead first, starting after the `after` position."""
+        ...
+
+    async def requeue_dead_letters(self, query: DeadLetterQuery, *, now: float, dry_run: bool = False) -> int:
+        """Queue every matching dead delivery again (as `replay` does), or only count them; return how many."""
+        ...
+
+    async def set_dead_letter(self, delivery_id: str, *, status: DeliveryStatus, now: float) -> bool:
+        """Move one dead delivery to `pending` (retry now) or `discarded`; False unless it was dead."""
+        ...
+
+    async def purge(self, *, before: float, batch: int) -> int:
+        """Delete up to `batch` events received before `before` whose deliveries are all finished, with their
+        deliveries, attempts and sent messages, in one short transaction; return how many events went."""
+        ...
+
+    async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
+        """Queue depth, due backlog, age of the oldest due delivery and dead letters, per sink."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StorageError unless the database answers."""
+        ...
 
     async def deliveries(self, event_id: str) -> list[DeliveryRow]: ...
 

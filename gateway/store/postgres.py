@@ -25,7 +25,26 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.base import AttemptRecord, ClaimedDelivery, DeliveryRow, EventRecord, Ingested, Transition
+from gateway.store.base import (
+    AttemptRecord,
+    ClaimedDelivery,
+    DeadLetter,
+    DeliveryRow,
+    DeliveryStatus,
+    EventRecord,
+    EventSummary,
+    Ingested,
+    SinkStats,
+    Transition,
+)
+from gateway.store.queries import (
+    DeadLetterQuery,
+    EventQuery,
+    Where,
+    dead_letter_conditions,
+    event_conditions,
+    summary,
+)
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -67,7 +86,8 @@ WITH claimable AS (
 UPDATE deliveries AS d SET lease_owner = %(owner)s, lease_expires_at = %(lease_until)s
 FROM claimable, events AS e
 WHERE d.id = claimable.id AND e.id = d.event_id
-RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_at, d.locale, e.canonical
+RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_at), d.attempts_before_requeue,
+          d.locale, e.canonical
 """
 INSERT_ATTEMPT = """
 INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
@@ -91,6 +111,58 @@ SELECT_ATTEMPTS = """
 SELECT number, started_at, duration_ms, outcome, status_code, detail FROM attempts WHERE delivery_id = %s ORDER BY id
 """
 COUNT_EVENTS = "SELECT count(*) FROM events"
+LIST_EVENTS = """
+SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
+       e.appointment_id,
+       (SELECT json_object_agg(d.sink, d.status) FROM deliveries AS d WHERE d.event_id = e.id)
+FROM events AS e
+WHERE {where}
+ORDER BY e.received_at DESC, e.id DESC
+LIMIT %s
+"""
+REQUEUE = """
+UPDATE deliveries
+SET status = 'pending', next_attempt_at = %s, requeued_at = %s, attempts_before_requeue = attempts,
+    dead_reason = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = %s
+WHERE {where}
+RETURNING id, sink
+"""
+LIST_DEAD_LETTERS = """
+SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, d.attempts, d.dead_reason, d.last_error,
+       d.updated_at, e.received_at
+FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+WHERE {where}
+ORDER BY d.updated_at DESC, d.id DESC
+LIMIT %s
+"""
+DEAD_LETTER_IDS = "SELECT d.id FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE {where}"
+DISCARD = "UPDATE deliveries SET status = 'discarded', updated_at = %s WHERE {where} RETURNING id"
+PURGEABLE = """
+SELECT e.id FROM events AS e
+WHERE e.received_at < %s
+  AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_id = e.id AND d.status = 'pending')
+ORDER BY e.received_at
+LIMIT %s
+FOR UPDATE SKIP LOCKED
+"""
+PURGE = (
+    "DELETE FROM sent_messages WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY(%s))",
+    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY(%s))",
+    "DELETE FROM deliveries WHERE event_id = ANY(%s)",
+    "DELETE FROM events WHERE id = ANY(%s)",
+)
+SINK_STATS = """
+SELECT sink,
+       count(*) FILTER (WHERE status = 'pending'),
+       count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= %(now)s
+                        AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)),
+       min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= %(now)s
+                                    AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)),
+       count(*) FILTER (WHERE status = 'dead')
+FROM deliveries
+WHERE status IN ('pending', 'dead')
+GROUP BY sink
+"""
 SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = %s"
 INSERT_SENT = """
 INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (%s, %s, %s, %s)
@@ -315,6 +387,105 @@ class PostgresStore:
             return int(row[0]) if row else 0
 
         return await self._run(count)
+
+    async def list_events(
+        self, query: EventQuery, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[EventSummary]:
+        where = event_conditions(query, "%s")
+        if after is not None:
+            where.add("(e.received_at, e.id) < (?, ?)", *after)
+
+        async def select(conn: psycopg.AsyncConnection[Any]) -> list[EventSummary]:
+            cursor = await conn.execute(LIST_EVENTS.format(where=where.sql).encode(), [*where.parameters, limit])
+            return [summary(row) for row in await cursor.fetchall()]
+
+        return await self._run(select)
+
+    async def replay(self, event_id: str, *, sink: str | None = None, now: float) -> list[str]:
+        where = Where("%s", "status IN ('succeeded', 'dead')")
+        where.add("event_id = ?", event_id)
+        if sink is not None:
+            where.add("sink = ?", sink)
+        return await self._requeue(where, now)
+
+    async def list_dead_letters(
+        self, query: DeadLetterQuery, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        where = dead_letter_conditions(query, "%s")
+        if after is not None:
+            where.add("(d.updated_at, d.id) < (?, ?)", *after)
+
+        async def select(conn: psycopg.AsyncConnection[Any]) -> list[DeadLetter]:
+            sql = LIST_DEAD_LETTERS.format(where=where.sql).encode()
+            return [DeadLetter(*row) for row in await (await conn.execute(sql, [*where.parameters, limit])).fetchall()]
+
+        return await self._run(select)
+
+    async def requeue_dead_letters(self, query: DeadLetterQuery, *, now: float, dry_run: bool = False) -> int:
+        where = dead_letter_conditions(query, "%s")
+        if dry_run:
+
+            async def count(conn: psycopg.AsyncConnection[Any]) -> int:
+                sql = f"SELECT count(*) FROM ({DEAD_LETTER_IDS.format(where=where.sql)}) AS dead".encode()
+                row = await (await conn.execute(sql, where.parameters)).fetchone()
+                return int(row[0]) if row else 0
+
+            return await self._run(count)
+        selection = Where("%s", f"id IN ({DEAD_LETTER_IDS.format(where=where.sql)})")
+        selection.parameters.extend(where.parameters)
+        return len(await self._requeue(selection, now))
+
+    async def set_dead_letter(self, delivery_id: str, *, status: DeliveryStatus, now: float) -> bool:
+        where = Where("%s", "status = 'dead'")
+        where.add("id = ?", delivery_id)
+        if status == "pending":
+            return bool(await self._requeue(where, now))
+        if status != "discarded":
+            raise ValueError(f"a dead letter can be retried (pending) or discarded, not made {status!r}")
+
+        async def discard(conn: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute(DISCARD.format(where=where.sql).encode(), [now, *where.parameters])
+            return await cursor.fetchone() is not None
+
+        return await self._run(discard)
+
+    async def purge(self, *, before: float, batch: int) -> int:
+        async def purge(conn: psycopg.AsyncConnection[Any]) -> int:
+            ids = [row[0] for row in await (await conn.execute(PURGEABLE, (before, batch))).fetchall()]
+            if ids:
+                for statement in PURGE:
+                    await conn.execute(statement, (ids,))
+            return len(ids)
+
+        return await self._run(purge)
+
+    async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
+        async def stats(conn: psycopg.AsyncConnection[Any]) -> dict[str, SinkStats]:
+            rows = await (await conn.execute(SINK_STATS, {"now": now})).fetchall()
+            return {
+                sink: SinkStats(pending, due, now - oldest if oldest is not None else 0.0, dead)
+                for sink, pending, due, oldest, dead in rows
+            }
+
+        return await self._run(stats)
+
+    async def ping(self) -> None:
+        async def ping(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._run(ping)
+
+    async def _requeue(self, where: Where, now: float) -> list[str]:
+        """Requeue the matching deliveries and tell listening workers at once."""
+
+        async def requeue(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+            cursor = await conn.execute(REQUEUE.format(where=where.sql).encode(), [now, now, now, *where.parameters])
+            rows = await cursor.fetchall()
+            if rows:
+                await conn.execute(NOTIFY, (CHANNEL, ",".join(sorted({sink for _, sink in rows}))))
+            return [delivery_id for delivery_id, _ in rows]
+
+        return await self._run(requeue)
 
     async def watch(self, wake: Callable[[Iterable[str] | None], None]) -> None:
         """LISTEN for new deliveries from every process and wake the worker's lanes; reconnects after failures,

@@ -22,10 +22,22 @@ from gateway.routing import Target
 from gateway.store.base import (
     AttemptRecord,
     ClaimedDelivery,
+    DeadLetter,
     DeliveryRow,
+    DeliveryStatus,
     EventRecord,
+    EventSummary,
     Ingested,
+    SinkStats,
     Transition,
+)
+from gateway.store.queries import (
+    DeadLetterQuery,
+    EventQuery,
+    Where,
+    dead_letter_conditions,
+    event_conditions,
+    summary,
 )
 
 SCHEMA_VERSION = 1
@@ -43,8 +55,15 @@ CREATE TABLE IF NOT EXISTS events (
     canonical TEXT,
     raw_body BLOB NOT NULL,
     headers TEXT NOT NULL,
+    appointment_id TEXT,
+    customer_phone TEXT,
+    customer_email TEXT,
     UNIQUE (source, provider_event_id)
 );
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at, id);
+CREATE INDEX IF NOT EXISTS events_appointment ON events (appointment_id);
+CREATE INDEX IF NOT EXISTS events_phone ON events (customer_phone);
+CREATE INDEX IF NOT EXISTS events_email ON events (customer_email);
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     event_id TEXT NOT NULL REFERENCES events (id),
@@ -61,8 +80,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error TEXT,
     dead_reason TEXT,
     updated_at REAL NOT NULL,
+    requeued_at REAL,
+    attempts_before_requeue INTEGER NOT NULL DEFAULT 0,
     UNIQUE (event_id, sink)
 );
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (status, sink, updated_at);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (sink, ordering_key, status, occurred_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
@@ -112,7 +134,8 @@ LIMIT :limit
 """
 LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE id = ?"
 SELECT_CLAIMED = """
-SELECT d.id, d.event_id, d.sink, d.attempts, d.created_at, d.locale, e.canonical
+SELECT d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_at), d.attempts_before_requeue,
+       d.locale, e.canonical
 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE d.id = ?
 """
@@ -138,6 +161,56 @@ SELECT number, started_at, duration_ms, outcome, status_code, detail
 FROM attempts WHERE delivery_id = ? ORDER BY id
 """
 COUNT_EVENTS = "SELECT count(*) FROM events"
+LIST_EVENTS = """
+SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
+       e.appointment_id,
+       (SELECT json_group_object(d.sink, d.status) FROM deliveries AS d WHERE d.event_id = e.id)
+FROM events AS e
+WHERE {where}
+ORDER BY e.received_at DESC, e.id DESC
+LIMIT ?
+"""
+REQUEUE = """
+UPDATE deliveries
+SET status = 'pending', next_attempt_at = ?1, requeued_at = ?1, attempts_before_requeue = attempts,
+    dead_reason = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+WHERE {where}
+RETURNING id
+"""
+LIST_DEAD_LETTERS = """
+SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, d.attempts, d.dead_reason, d.last_error,
+       d.updated_at, e.received_at
+FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+WHERE {where}
+ORDER BY d.updated_at DESC, d.id DESC
+LIMIT ?
+"""
+DEAD_LETTER_IDS = "SELECT d.id FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE {where}"
+DISCARD = "UPDATE deliveries SET status = 'discarded', updated_at = ?1 WHERE {where} RETURNING id"
+PURGEABLE = """
+SELECT e.id FROM events AS e
+WHERE e.received_at < ?
+  AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_id = e.id AND d.status = 'pending')
+ORDER BY e.received_at
+LIMIT ?
+"""
+PURGE = (
+    "DELETE FROM sent_messages WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN ({ids}))",
+    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN ({ids}))",
+    "DELETE FROM deliveries WHERE event_id IN ({ids})",
+    "DELETE FROM events WHERE id IN ({ids})",
+)
+SINK_STATS = """
+SELECT sink,
+       sum(status = 'pending'),
+       sum(status = 'pending' AND next_attempt_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)),
+       min(CASE WHEN status = 'pending' AND next_attempt_at <= :now
+                     AND (lease_expires_at IS NULL OR lease_expires_at <= :now) THEN next_attempt_at END),
+       sum(status = 'dead')
+FROM deliveries
+WHERE status IN ('pending', 'dead')
+GROUP BY sink
+"""
 SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = ?"
 INSERT_SENT = """
 INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (?, ?, ?, ?)
@@ -284,6 +357,93 @@ class SQLiteStore:
                 db.execute(INSERT_SENT, (delivery_id, recipient, provider_message_id, at))
 
         await self._run(record)
+
+    async def list_events(
+        self, query: EventQuery, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[EventSummary]:
+        where = event_conditions(query, "?")
+        if after is not None:
+            where.add("(e.received_at, e.id) < (?, ?)", *after)
+
+        def select(db: sqlite3.Connection) -> list[EventSummary]:
+            rows = db.execute(LIST_EVENTS.format(where=where.sql), [*where.parameters, limit]).fetchall()
+            return [summary(row) for row in rows]
+
+        return await self._run(select)
+
+    async def replay(self, event_id: str, *, sink: str | None = None, now: float) -> list[str]:
+        where = Where("?", "status IN ('succeeded', 'dead')")
+        where.add("event_id = ?", event_id)
+        if sink is not None:
+            where.add("sink = ?", sink)
+        return await self._requeue(where, now)
+
+    async def list_dead_letters(
+        self, query: DeadLetterQuery, *, limit: int, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        where = dead_letter_conditions(query, "?")
+        if after is not None:
+            where.add("(d.updated_at, d.id) < (?, ?)", *after)
+
+        def select(db: sqlite3.Connection) -> list[DeadLetter]:
+            rows = db.execute(LIST_DEAD_LETTERS.format(where=where.sql), [*where.parameters, limit]).fetchall()
+            return [DeadLetter(*row) for row in rows]
+
+        return await self._run(select)
+
+    async def requeue_dead_letters(self, query: DeadLetterQuery, *, now: float, dry_run: bool = False) -> int:
+        where = dead_letter_conditions(query, "?")
+        if dry_run:
+            sql = f"SELECT count(*) FROM ({DEAD_LETTER_IDS.format(where=where.sql)})"
+            return await self._run(lambda db: int(db.execute(sql, where.parameters).fetchone()[0]))
+        selection = Where("?", f"id IN ({DEAD_LETTER_IDS.format(where=where.sql)})")
+        selection.parameters.extend(where.parameters)
+        return len(await self._requeue(selection, now))
+
+    async def set_dead_letter(self, delivery_id: str, *, status: DeliveryStatus, now: float) -> bool:
+        where = Where("?", "status = 'dead'")
+        where.add("id = ?", delivery_id)
+        if status == "pending":
+            return bool(await self._requeue(where, now))
+        if status != "discarded":
+            raise ValueError(f"a dead letter can be retried (pending) or discarded, not made {status!r}")
+
+        def discard(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                return db.execute(DISCARD.format(where=where.sql), [now, *where.parameters]).fetchone() is not None
+
+        return await self._run(discard)
+
+    async def purge(self, *, before: float, batch: int) -> int:
+        def purge(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                ids = [row[0] for row in db.execute(PURGEABLE, (before, batch))]
+                if ids:
+                    marks = ", ".join("?" for _ in ids)
+                    for statement in PURGE:
+                        db.execute(statement.format(ids=marks), ids)
+                return len(ids)
+
+        return await self._run(purge)
+
+    async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
+        def stats(db: sqlite3.Connection) -> dict[str, SinkStats]:
+            return {
+                sink: SinkStats(pending, due, now - oldest if oldest is not None else 0.0, dead)
+                for sink, pending, due, oldest, dead in db.execute(SINK_STATS, {"now": now})
+            }
+
+        return await self._run(stats)
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def _requeue(self, where: Where, now: float) -> list[str]:
+        def requeue(db: sqlite3.Connection) -> list[str]:
+            with _transaction(db):
+                return [row[0] for row in db.execute(REQUEUE.format(where=where.sql), [now, *where.parameters])]
+
+        return await self._run(requeue)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         def get(db: sqlite3.Connection) -> EventRecord | None:

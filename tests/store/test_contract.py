@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -13,6 +14,7 @@ from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.store.base import AttemptRecord, EventRecord, Store, Transition
 from gateway.store.postgres import PostgresStore
+from gateway.store.queries import DeadLetterQuery, EventQuery
 from gateway.store.sqlite import SQLiteStore
 from tests.peers import postgres_database
 
@@ -42,21 +44,30 @@ def targets(*sinks: str) -> list[Target]:
     return [Target(sink) for sink in sinks]
 
 
-def record(provider_id: str = "evt_1", *, key: str | None = "mc:appointment:1", occurred: float = 100.0) -> EventRecord:
-    return EventRecord(
-        id=str(uuid.uuid4()),
-        source="moncreneau",
-        provider_event_id=provider_id,
-        provider_event_type="appointment.created",
-        provider_delivery_id="d",
-        type="appointment.created",
-        occurred_at=occurred,
-        received_at=1000.0,
-        ordering_key=key,
-        canonical='{"json": true}',
-        raw_body=b'{"raw": 1}',
-        headers={"x-moncreneau-event": "appointment.created"},
-    )
+def record(
+    provider_id: str = "evt_1",
+    *,
+    key: str | None = "mc:appointment:1",
+    occurred: float = 100.0,
+    received: float = 1000.0,
+    **fields: Any,
+) -> EventRecord:
+    settings: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": "moncreneau",
+        "provider_event_id": provider_id,
+        "provider_event_type": "appointment.created",
+        "provider_delivery_id": "d",
+        "type": "appointment.created",
+        "occurred_at": occurred,
+        "received_at": received,
+        "ordering_key": key,
+        "canonical": '{"json": true}',
+        "raw_body": b'{"raw": 1}',
+        "headers": {"x-moncreneau-event": "appointment.created"},
+        **fields,
+    }
+    return EventRecord(**settings)
 
 
 async def claim(store: Store, owner: str = "w1", now: float = 1000.0, limit: int = 10) -> list[str]:
@@ -198,3 +209,128 @@ async def test_sent_messages_are_remembered_per_delivery_first_confirmation_wins
     assert await store.sent_messages(delivery.id) == {"+224621234567": "SM1", "+224622000000": "SM3"}
     (claimed,) = await store.claim("sms", limit=1, now=1000.0, owner="w", lease_until=1030.0)
     assert claimed.locale == "fr"
+
+
+async def finish(store: Store, event: EventRecord, sink: str, outcome: str, *, now: float = 1000.0) -> str:
+    """Claim the event's delivery to `sink` and end it: succeeded, or dead after a permanent error."""
+    (delivery,) = [d for d in await store.deliveries(event.id) if d.sink == sink]
+    await store.claim(sink, limit=100, now=now, owner="w", lease_until=now + 30)
+    transition = (
+        Transition("succeeded") if outcome == "succeeded" else Transition("dead", dead_reason="permanent error")
+    )
+    attempt = AttemptRecord(1, now, 3.0, "succeeded" if outcome == "succeeded" else "permanent", 500, "boom")
+    assert await store.record_attempt(delivery.id, "w", attempt, transition, now=now)
+    return delivery.id
+
+
+async def test_events_are_listed_newest_first_with_their_deliveries_and_filters(store: Store) -> None:
+    first = record(
+        "a", received=10.0, appointment_id="12345", customer_phone="+224621234567", customer_email="jean@example.gn"
+    )
+    second = record("b", received=20.0, type=None, provider_event_type="appointment.teleported")
+    third = record("c", received=30.0, source="yapp", provider_event_type="booking.created", appointment_id="bkg_1")
+    await store.ingest(first, targets("crm", "sms"))
+    await store.ingest(second, [])
+    await store.ingest(third, targets("crm"))
+    await finish(store, first, "crm", "dead")
+
+    async def ids(**filters: Any) -> list[str]:
+        return [e.provider_event_id for e in await store.list_events(EventQuery(**filters), limit=10)]
+
+    assert await ids() == ["c", "b", "a"]
+    (listed,) = await store.list_events(EventQuery(source="moncreneau", status="dead"), limit=10)
+    assert listed.deliveries == {"crm": "dead", "sms": "pending"} and listed.appointment_id == "12345"
+    assert await ids(source="yapp") == ["c"]
+    assert await ids(type="appointment.created") == ["c", "a"]  # canonical type
+    assert await ids(type="booking.created") == ["c"]  # the provider's own
+    assert await ids(type="appointment.teleported") == ["b"]
+    assert await ids(appointment="bkg_1") == ["c"]
+    assert await ids(customer="+224621234567") == ["a"]
+    assert await ids(customer="Jean@Example.GN") == ["a"]
+    assert await ids(since=20.0) == ["c", "b"]
+    assert await ids(since=10.0, until=30.0) == ["b", "a"]
+    assert await ids(status="pending") == ["c", "a"]
+    assert await ids(status="succeeded") == []
+
+
+async def test_event_listing_pages_with_a_position(store: Store) -> None:
+    for n in range(7):
+        await store.ingest(record(f"evt_{n}", received=100.0 + n // 2), [])  # pairs share a time: ids break ties
+    seen: list[str] = []
+    after: tuple[float, str] | None = None
+    while page := await store.list_events(EventQuery(), limit=3, after=after):
+        seen += [e.provider_event_id for e in page]
+        after = (page[-1].received_at, page[-1].id)
+    assert sorted(seen) == [f"evt_{n}" for n in range(7)] and len(seen) == 7
+
+
+async def test_a_replay_requeues_finished_deliveries_keeping_their_history(store: Store) -> None:
+    event = record()
+    await store.ingest(event, targets("crm", "sms", "email"))
+    crm = await finish(store, event, "crm", "succeeded")
+    sms = await finish(store, event, "sms", "dead")
+    assert await store.replay(event.id, sink="crm", now=5000.0) == [crm]
+    assert await store.replay(event.id, now=5000.0) == [sms]  # email is still pending: nothing to replay
+    assert await store.replay("no-such-event", now=5000.0) == []
+    by_sink = {d.sink: d for d in await store.deliveries(event.id)}
+    assert (by_sink["crm"].status, by_sink["crm"].attempts, by_sink["crm"].dead_reason) == ("pending", 1, None)
+    assert len(await store.attempts(crm)) == 1
+    claimed = {c.sink: c for c in await store.claim("sms", limit=5, now=5000.0, owner="w2", lease_until=5030.0)}
+    assert (claimed["sms"].retry_since, claimed["sms"].attempts_before, claimed["sms"].attempts) == (5000.0, 1, 1)
+
+
+async def test_dead_letters_are_listed_requeued_retried_and_discarded(store: Store) -> None:
+    events = [record(f"evt_{n}", key=f"k{n}", source="yapp" if n == 3 else "moncreneau") for n in range(4)]
+    dead = []
+    for n, event in enumerate(events):
+        await store.ingest(event, targets("crm" if n < 3 else "sms"))
+        dead.append(await finish(store, event, "crm" if n < 3 else "sms", "dead", now=1000.0 + n))
+    letters = await store.list_dead_letters(DeadLetterQuery(), limit=10)
+    assert [letter.delivery_id for letter in letters] == dead[::-1]
+    assert (letters[0].dead_reason, letters[0].last_error, letters[0].attempts) == ("permanent error", "boom", 1)
+    assert [d.delivery_id for d in await store.list_dead_letters(DeadLetterQuery(sink="crm"), limit=2)] == dead[2:0:-1]
+    after = (letters[1].dead_at, letters[1].delivery_id)
+    assert [d.delivery_id for d in await store.list_dead_letters(DeadLetterQuery(), limit=10, after=after)] == dead[
+        1::-1
+    ]
+    assert await store.requeue_dead_letters(DeadLetterQuery(source="yapp"), now=2000.0, dry_run=True) == 1
+    assert await store.requeue_dead_letters(DeadLetterQuery(sink="crm", since=1001.0), now=2000.0) == 2
+    assert await store.set_dead_letter(dead[0], status="discarded", now=2000.0)
+    assert not await store.set_dead_letter(dead[0], status="pending", now=2000.0)  # no longer dead
+    assert await store.set_dead_letter(dead[3], status="pending", now=2000.0)
+    assert await store.list_dead_letters(DeadLetterQuery(), limit=10) == []
+    statuses = [(await store.deliveries(e.id))[0].status for e in events]
+    assert statuses == ["discarded", "pending", "pending", "pending"]
+
+
+async def test_purge_removes_old_finished_events_in_batches_and_keeps_the_rest(store: Store) -> None:
+    old = [record(f"old_{n}", key=f"k{n}", received=100.0 + n) for n in range(5)]
+    for event in old:
+        await store.ingest(event, targets("crm"))
+        delivery = await finish(store, event, "crm", "succeeded")
+        await store.record_sent(delivery, "+224621234567", "SM1", at=1.0)
+    still_pending = record("old_pending", key="kp", received=50.0)
+    unrouted = record("old_unrouted", received=60.0)
+    recent = record("recent", key="kr", received=5000.0)
+    for event, sinks in ((still_pending, targets("crm")), (unrouted, []), (recent, targets("crm"))):
+        await store.ingest(event, sinks)
+    assert await store.purge(before=1000.0, batch=4) == 4  # the unrouted one and three finished ones
+    assert await store.purge(before=1000.0, batch=4) == 2
+    assert await store.purge(before=1000.0, batch=4) == 0
+    left = [e.provider_event_id for e in await store.list_events(EventQuery(), limit=10)]
+    assert left == ["recent", "old_pending"]
+    assert await store.count_events() == 2
+
+
+async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
+    for n in range(3):
+        await store.ingest(record(f"evt_{n}", key=f"k{n}", received=1000.0 + n), targets("crm"))
+    event = record("dead", key="kd")
+    await store.ingest(event, targets("sms"))
+    await finish(store, event, "sms", "dead")
+    await store.claim("crm", limit=1, now=1100.0, owner="w", lease_until=1130.0)
+    stats = await store.sink_stats(now=1100.0)
+    assert stats["crm"].pending == 3 and stats["crm"].due == 2 and stats["crm"].dead == 0
+    assert stats["crm"].oldest_due_age == pytest.approx(99.0)  # the first one is leased, not due
+    assert (stats["sms"].pending, stats["sms"].dead, stats["sms"].oldest_due_age) == (0, 1, 0.0)
+    await store.ping()

@@ -12,8 +12,15 @@ CREATE TABLE events (
     canonical text,
     raw_body bytea NOT NULL,
     headers jsonb NOT NULL,
+    appointment_id text,
+    customer_phone text,
+    customer_email text,
     UNIQUE (source, provider_event_id)
 );
+CREATE INDEX events_received ON events (received_at, id);
+CREATE INDEX events_appointment ON events (appointment_id);
+CREATE INDEX events_phone ON events (customer_phone);
+CREATE INDEX events_email ON events (customer_email);
 
 CREATE TABLE deliveries (
     id text PRIMARY KEY,
@@ -31,8 +38,11 @@ CREATE TABLE deliveries (
     last_error text,
     dead_reason text,
     updated_at double precision NOT NULL,
+    requeued_at double precision,
+    attempts_before_requeue integer NOT NULL DEFAULT 0,
     UNIQUE (event_id, sink)
 );
+CREATE INDEX deliveries_dead ON deliveries (sink, updated_at) WHERE status = 'dead';
 CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_order ON deliveries (sink, ordering_key, occurred_at) WHERE status = 'pending';
 
