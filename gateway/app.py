@@ -12,12 +12,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin import admin_routes
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.delivery import Lane, Worker
 from gateway.exceptions import StorageError, WebhookRejected
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
+from gateway.operations import Operations, Purge
 from gateway.routing import Router
 from gateway.store import store_for
 from gateway.store.base import Store
@@ -46,25 +48,47 @@ def build_worker(config: Config, store: Store, clock: Clock) -> Worker:
     )
 
 
+def build_operations(config: Config, store: Store, clock: Clock, worker: Worker) -> Operations:
+    return Operations(store, clock, retention=config.settings.retention.max_age, wake=worker.wake)
+
+
 @asynccontextmanager
-async def running(config: Config, store: Store, worker: Worker | None) -> AsyncIterator[None]:
-    """The store open, the sinks open, and (when given) the worker delivering, for as long as the block runs."""
+async def running(config: Config, store: Store, worker: Worker, *, deliver: bool = True) -> AsyncIterator[None]:
+    """The store open, the sinks open, old events purged periodically, and (unless `deliver` is false) the worker
+    delivering, for as long as the block runs."""
     await store.open()
     try:
         async with AsyncExitStack() as sinks:
             for sink in config.sinks.values():
                 await sink.open()
                 sinks.push_async_callback(sink.aclose)
-            async with anyio.create_task_group() as tasks:
-                if worker is not None:
-                    tasks.start_soon(worker.run)
-                try:
-                    yield
-                finally:
-                    if worker is not None:
-                        worker.stop()
+            async with anyio.create_task_group() as delivering:
+                if deliver:
+                    delivering.start_soon(worker.run)
+                async with anyio.create_task_group() as housekeeping:
+                    operations = build_operations(config, store, worker.clock, worker)
+                    housekeeping.start_soon(_purge_periodically, config, operations)
+                    try:
+                        yield
+                    finally:
+                        housekeeping.cancel_scope.cancel()
+                        worker.stop()  # in-flight attempts get the grace period, outside the cancelled scope
     finally:
         await store.close()
+
+
+async def _purge_periodically(config: Config, operations: Operations) -> None:
+    """Retention: every `retention.interval`, delete what is older than `retention.max_age`, batch by batch."""
+    retention = config.settings.retention
+    while True:
+        await anyio.sleep(retention.interval)
+        try:
+            purged = await operations.purge(Purge(), batch=retention.batch)
+        except StorageError as error:
+            logger.error("retention purge failed (it will be tried again): %s", error)
+            continue
+        if purged["deleted"]:
+            logger.info("retention purge deleted %d events older than %gs", purged["deleted"], retention.max_age)
 
 
 def create_app(
@@ -73,6 +97,7 @@ def create_app(
     clock = clock or SystemClock()
     store = store or store_for(config.settings.storage)
     worker = build_worker(config, store, clock)
+    operations = build_operations(config, store, clock, worker)
     metrics = Metrics()
     ingest = Ingest(
         config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
@@ -104,25 +129,40 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def readyz(request: Request) -> Response:
+        problems = []
+        try:
+            await store.ping()
+        except StorageError as error:
+            problems.append(f"storage: {error}")
+        if with_worker and not worker.running:
+            problems.append("worker: not running")
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, 503)
+        return JSONResponse({"status": "ready"})
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with running(config, store, worker if with_worker else None):
+        async with running(config, store, worker, deliver=with_worker):
             yield
 
     app = Starlette(
         routes=[
             Route("/webhooks/{source}", receive_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *(admin_routes(operations, config.settings.admin.token) if config.settings.admin.enabled else []),
         ],
         lifespan=lifespan,
     )
     app.state.store = store
     app.state.worker = worker
     app.state.metrics = metrics
+    app.state.operations = operations
     return app
 
 

@@ -9,17 +9,30 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import httpx
 import uvicorn
 
 from gateway.clock import SystemClock
-from gateway.config import Config, load_config
+from gateway.config import Config, admin_exposure, load_config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
+from gateway.operations import (
+    DeadLetterFilter,
+    DeadLetterReplay,
+    EventFilter,
+    OperationError,
+    Operations,
+    P,
+    Params,
+    Purge,
+    Replay,
+    parse,
+)
 from gateway.plugins import plugin_manager
 from gateway.routing import Router
 
@@ -60,6 +73,37 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the database schema to this gateway's version")
     migrate.set_defaults(command=_migrate)
 
+    events = commands.add_parser("events", help="look up stored events").add_subparsers(required=True, metavar="ACTION")
+    listing = events.add_parser("list", help="list events, newest first")
+    _filters(listing, EventFilter)
+    listing.set_defaults(command=_admin(lambda ops, a: ops.list_events(_params(EventFilter, a))))
+    show = events.add_parser("show", help="one event with its deliveries and every attempt")
+    show.add_argument("event_id")
+    show.set_defaults(command=_admin(lambda ops, a: ops.show_event(a.event_id)))
+
+    replay = commands.add_parser("replay", help="queue an event's finished deliveries again")
+    replay.add_argument("event_id")
+    replay.add_argument("--sink", help="only the delivery to this sink")
+    replay.set_defaults(command=_admin(lambda ops, a: ops.replay(a.event_id, _params(Replay, a))))
+
+    dead = commands.add_parser("dead-letters", help="dead letters").add_subparsers(required=True, metavar="ACTION")
+    dead_list = dead.add_parser("list", help="list dead letters, most recent first")
+    _filters(dead_list, DeadLetterFilter)
+    dead_list.set_defaults(command=_admin(lambda ops, a: ops.list_dead_letters(_params(DeadLetterFilter, a))))
+    dead_replay = dead.add_parser("replay", help="queue matching dead letters again")
+    _filters(dead_replay, DeadLetterReplay)
+    dead_replay.set_defaults(command=_admin(lambda ops, a: ops.replay_dead_letters(_params(DeadLetterReplay, a))))
+    retry = dead.add_parser("retry", help="queue one dead letter again")
+    retry.add_argument("delivery_id")
+    retry.set_defaults(command=_admin(lambda ops, a: ops.retry_dead_letter(a.delivery_id)))
+    discard = dead.add_parser("discard", help="discard one dead letter")
+    discard.add_argument("delivery_id")
+    discard.set_defaults(command=_admin(lambda ops, a: ops.discard_dead_letter(a.delivery_id)))
+
+    purge = commands.add_parser("purge", help="delete events older than the retention whose deliveries are done")
+    purge.add_argument("--older-than", help="a duration such as 30d (default: retention.max_age)")
+    purge.set_defaults(command=_admin(lambda ops, a: ops.purge(_params(Purge, a))))
+
     check = commands.add_parser("check-config", help="validate the configuration and print what it sets up")
     check.set_defaults(command=_check_config)
 
@@ -75,10 +119,14 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     server = config.settings.server
+    host = args.host or server.host
+    if (exposed := admin_exposure(config.settings.admin, host)) is not None:
+        print(f"{config.path}: {exposed}", file=sys.stderr)
+        return CONFIG_ERROR
     app = create_app(config, run_worker=False if args.no_worker else None)
     uvicorn.run(
         app,
-        host=args.host or server.host,
+        host=host,
         port=args.port or server.port,
         log_level="info",
         timeout_graceful_shutdown=int(config.settings.worker.shutdown_grace) + 5,
@@ -125,6 +173,53 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
         return 1
     print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
     return 0
+
+
+def _filters(parser: argparse.ArgumentParser, model: type[Params]) -> None:
+    """One --option per field of the operation's parameter model (e.g. --since, --dry-run)."""
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action="store_true", help=field.description)
+        else:
+            parser.add_argument(flag, help=field.description)
+
+
+def _params(model: type[P], args: argparse.Namespace) -> P:
+    given = {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) not in (None, False)}
+    return parse(model, given)
+
+
+def _admin(
+    action: Callable[[Operations, argparse.Namespace], Awaitable[dict[str, Any]]],
+) -> Callable[[Config, argparse.Namespace], int]:
+    """A CLI command running an admin operation against the configured store, printing its JSON answer."""
+
+    def command(config: Config, args: argparse.Namespace) -> int:
+        from gateway.app import build_operations, build_worker
+        from gateway.store import store_for
+
+        async def run() -> dict[str, Any]:
+            store = store_for(config.settings.storage)
+            await store.open()
+            try:
+                clock = SystemClock()
+                return await action(build_operations(config, store, clock, build_worker(config, store, clock)), args)
+            finally:
+                await store.close()
+
+        try:
+            result = anyio.run(run)
+        except OperationError as error:
+            print(f"{error.reason}: {error.detail}", file=sys.stderr)
+            return 1
+        except StorageError as error:
+            print(f"storage: {error}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+
+    return command
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:

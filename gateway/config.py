@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -63,6 +64,22 @@ class WorkerConfig(_Strict):
     shutdown_grace: Duration = Field(10.0, ge=0, description="How long in-flight attempts may finish at shutdown")
 
 
+class AdminConfig(_Strict):
+    enabled: bool = True
+    token: str | None = Field(None, description="Bearer token, e.g. ${GATEWAY_ADMIN_TOKEN}; required off loopback")
+
+    @field_validator("token")
+    @classmethod
+    def _empty_is_none(cls, token: str | None) -> str | None:
+        return token or None  # `${GATEWAY_ADMIN_TOKEN:-}` left unset
+
+
+class RetentionConfig(_Strict):
+    max_age: Duration = Field(30 * 86400.0, gt=0, description="Events, attempts and dead letters older are purged")
+    interval: Duration = Field(3600.0, gt=0, description="How often serve and worker processes purge")
+    batch: int = Field(500, ge=1, description="Events deleted per transaction")
+
+
 class SinkConfig(_Strict):
     type: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -75,6 +92,8 @@ class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
@@ -103,9 +122,30 @@ def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
     sources = _build_sources(settings, source_types(manager), problems, context)
     sinks = _build_sinks(settings, sink_types(manager), problems, context)
     problems += _check_routes(settings)
+    if (exposed := admin_exposure(settings.admin, settings.server.host)) is not None:
+        problems.append(exposed)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return Config(path=path, settings=settings, sources=sources, sinks=sinks)
+
+
+def admin_exposure(admin: AdminConfig, host: str) -> str | None:
+    """The problem with serving the admin API on `host`, if any: off loopback it needs a token."""
+    if not admin.enabled or admin.token or _is_loopback(host):
+        return None
+    return (
+        f"admin.token: the admin API would be reachable on {host} without a token; set admin.token to a secret "
+        "(e.g. ${GATEWAY_ADMIN_TOKEN}), listen on 127.0.0.1, or set admin.enabled: false"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -88,6 +88,8 @@ class Worker:
         self._in_flight = dict.fromkeys(self.lanes, 0)
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._stopping = False
+        self.running = False
+        """True while `run` is delivering (readiness)."""
 
     def wake(self, sinks: Iterable[str] | None = None) -> None:
         """New deliveries are due for these sinks (all when None): look now rather than at the next poll."""
@@ -102,12 +104,16 @@ class Worker:
 
     async def run(self) -> None:
         logger.info("worker %s delivering to %s", self.owner, ", ".join(self.lanes) or "no sink")
-        async with anyio.create_task_group() as watching:
-            watching.start_soon(self.store.watch, self.wake)
-            async with anyio.create_task_group() as lanes:
-                for lane in self.lanes.values():
-                    lanes.start_soon(self._run_lane, lane)
-            watching.cancel_scope.cancel()
+        self.running = True
+        try:
+            async with anyio.create_task_group() as watching:
+                watching.start_soon(self.store.watch, self.wake)
+                async with anyio.create_task_group() as lanes:
+                    for lane in self.lanes.values():
+                        lanes.start_soon(self._run_lane, lane)
+                watching.cancel_scope.cancel()
+        finally:
+            self.running = False
 
     async def run_due(self) -> int:
         """Claim and attempt, once, everything due now on every sink; return how many attempts were made."""

@@ -1,0 +1,205 @@
+"""The admin API (JSON under /admin/v1): events, replay, dead letters and purge, behind a bearer token.
+
+Its OpenAPI document is built from the same parameter models the endpoints validate with, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.exceptions import StorageError
+from gateway.operations import (
+    DeadLetterFilter,
+    DeadLetterReplay,
+    EventFilter,
+    OperationError,
+    Operations,
+    Params,
+    Purge,
+    Replay,
+    parse,
+)
+
+PREFIX = "/admin/v1"
+Handler = Callable[[Request, Operations], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    query: type[Params] | None = None
+    body: type[Params] | None = None
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise OperationError(400, "invalid_json", "the request body is not JSON") from None
+
+
+ENDPOINTS = (
+    Endpoint(
+        "GET",
+        "/events",
+        "List events, newest first, filtered and paginated",
+        lambda r, ops: ops.list_events(parse(EventFilter, dict(r.query_params))),
+        query=EventFilter,
+    ),
+    Endpoint(
+        "GET",
+        "/events/{event_id}",
+        "One event: canonical form, raw body, headers, deliveries and every attempt",
+        lambda r, ops: ops.show_event(r.path_params["event_id"]),
+    ),
+    Endpoint(
+        "POST",
+        "/events/{event_id}/replay",
+        "Queue an event's finished deliveries again (all, or one sink's)",
+        lambda r, ops: _replay(r, ops),
+        body=Replay,
+    ),
+    Endpoint(
+        "GET",
+        "/dead-letters",
+        "List dead letters, most recent first",
+        lambda r, ops: ops.list_dead_letters(parse(DeadLetterFilter, dict(r.query_params))),
+        query=DeadLetterFilter,
+    ),
+    Endpoint(
+        "POST",
+        "/dead-letters/replay",
+        "Queue matching dead letters again, or count them (dry_run)",
+        lambda r, ops: _replay_dead_letters(r, ops),
+        body=DeadLetterReplay,
+    ),
+    Endpoint(
+        "POST",
+        "/dead-letters/{delivery_id}/retry",
+        "Queue one dead letter again",
+        lambda r, ops: ops.retry_dead_letter(r.path_params["delivery_id"]),
+    ),
+    Endpoint(
+        "DELETE",
+        "/dead-letters/{delivery_id}",
+        "Discard one dead letter",
+        lambda r, ops: ops.discard_dead_letter(r.path_params["delivery_id"]),
+    ),
+    Endpoint(
+        "POST",
+        "/purge",
+        "Delete events older than the retention (or older_than) whose deliveries are finished",
+        lambda r, ops: _purge(r, ops),
+        body=Purge,
+    ),
+)
+
+
+async def _replay(request: Request, operations: Operations) -> dict[str, Any]:
+    return await operations.replay(request.path_params["event_id"], parse(Replay, await _body(request)))
+
+
+async def _replay_dead_letters(request: Request, operations: Operations) -> dict[str, Any]:
+    return await operations.replay_dead_letters(parse(DeadLetterReplay, await _body(request)))
+
+
+async def _purge(request: Request, operations: Operations) -> dict[str, Any]:
+    return await operations.purge(parse(Purge, await _body(request)))
+
+
+def admin_routes(operations: Operations, token: str | None) -> list[Route]:
+    """The admin endpoints, each refusing requests without the bearer token (when one is set)."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def respond(request: Request) -> Response:
+            if expected is not None:
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return JSONResponse(
+                        {"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"},
+                        401,
+                        headers={"WWW-Authenticate": 'Bearer realm="appointment-gateway admin"'},
+                    )
+            try:
+                return JSONResponse(await handler(request, operations))
+            except OperationError as error:
+                return JSONResponse({"error": error.reason, "detail": error.detail}, error.status_code)
+            except StorageError as error:
+                return JSONResponse({"error": "storage_unavailable", "detail": str(error)}, 503)
+
+        return respond
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    routes = [Route(PREFIX + e.path, endpoint(e.handler), methods=[e.method]) for e in ENDPOINTS]
+    return [*routes, Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"])]
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for the admin API, from the endpoints' own parameter models."""
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {}
+    error = {"$ref": "#/components/schemas/Error"}
+    for e in ENDPOINTS:
+        operation: dict[str, Any] = {
+            "summary": e.summary,
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _path_parameters(e.path)
+            ],
+            "responses": {
+                "200": {"description": "Done", "content": {"application/json": {"schema": {"type": "object"}}}},
+                **{
+                    code: {"description": text, "content": {"application/json": {"schema": error}}}
+                    for code, text in (
+                        ("400", "Invalid parameters or body"),
+                        ("401", "Missing or wrong bearer token"),
+                        ("404", "Unknown id"),
+                        ("409", "Nothing to do in the current state"),
+                        ("503", "Storage unavailable"),
+                    )
+                },
+            },
+        }
+        if e.query is not None:
+            for name, schema in e.query.model_json_schema()["properties"].items():
+                operation["parameters"].append({"name": name, "in": "query", "required": False, "schema": schema})
+        if e.body is not None:
+            schemas[e.body.__name__] = e.body.model_json_schema()
+            operation["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{e.body.__name__}"}}},
+            }
+        paths.setdefault(PREFIX + e.path, {})[e.method.lower()] = operation
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "appointment-gateway admin API", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]

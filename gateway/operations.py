@@ -1,0 +1,274 @@
+"""What operators do with stored events: look them up, replay them, handle dead letters, purge old ones.
+
+The admin API and the CLI both call these; each answers JSON-ready data or raises OperationError (a 4xx).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.clock import Clock, to_datetime
+from gateway.durations import Duration
+from gateway.exceptions import GatewayError
+from gateway.store.base import DeadLetter, DeliveryRow, EventRecord, EventSummary, Store
+from gateway.store.queries import DeadLetterQuery, EventQuery, decode_cursor, encode_cursor
+
+
+class OperationError(GatewayError):
+    def __init__(self, status_code: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.reason = reason
+        self.detail = detail
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventFilter(Params):
+    source: str | None = None
+    type: str | None = Field(None, description="Canonical (appointment.created) or provider (booking.created) type")
+    appointment: str | None = Field(None, description="The provider's appointment id")
+    customer: str | None = Field(None, description="Customer phone (E.164) or email")
+    since: AwareDatetime | None = Field(None, description="Received at or after (ISO 8601 with a zone)")
+    until: AwareDatetime | None = Field(None, description="Received before")
+    status: Literal["pending", "succeeded", "dead", "discarded"] | None = Field(
+        None, description="With at least one delivery in this status"
+    )
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class DeadLetterFilter(Params):
+    sink: str | None = None
+    source: str | None = None
+    type: str | None = None
+    since: AwareDatetime | None = Field(None, description="Dead-lettered at or after")
+    until: AwareDatetime | None = Field(None, description="Dead-lettered before")
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = None
+
+
+class DeadLetterReplay(Params):
+    sink: str | None = None
+    source: str | None = None
+    type: str | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    dry_run: bool = Field(False, description="Only count what would be re-queued")
+
+
+class Replay(Params):
+    sink: str | None = Field(None, description="Only the delivery to this sink; all finished ones when omitted")
+
+
+class Purge(Params):
+    older_than: Duration | None = Field(None, description="Default: retention.max_age")
+
+
+P = TypeVar("P", bound=Params)
+
+
+def parse(model: type[P], data: Any) -> P:
+    """Validated parameters, or a 400 naming every parameter that is wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = [f"{'.'.join(map(str, item['loc'])) or '(body)'}: {item['msg']}" for item in error.errors()]
+        raise OperationError(400, "invalid_parameters", "; ".join(problems)) from None
+
+
+class Operations:
+    def __init__(
+        self, store: Store, clock: Clock, *, retention: float, wake: Callable[[Iterable[str] | None], None]
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.retention = retention
+        self.wake = wake
+
+    async def list_events(self, params: EventFilter) -> dict[str, Any]:
+        query = EventQuery(
+            source=params.source,
+            type=params.type,
+            appointment=params.appointment,
+            customer=params.customer,
+            since=params.since.timestamp() if params.since else None,
+            until=params.until.timestamp() if params.until else None,
+            status=params.status,
+        )
+        events = await self.store.list_events(query, limit=params.limit, after=_position(params.cursor))
+        last = (events[-1].received_at, events[-1].id) if len(events) == params.limit else None
+        return {"events": [_summary(event) for event in events], "next_cursor": last and encode_cursor(last)}
+
+    async def show_event(self, event_id: str) -> dict[str, Any]:
+        event = await self._event(event_id)
+        deliveries = []
+        for delivery in await self.store.deliveries(event_id):
+            attempts = await self.store.attempts(delivery.id)
+            deliveries.append(
+                {
+                    **_delivery(delivery),
+                    "attempt_log": [
+                        {
+                            "number": a.number,
+                            "started_at": _iso(a.started_at),
+                            "duration_ms": round(a.duration_ms, 3),
+                            "outcome": a.outcome,
+                            "status_code": a.status_code,
+                            "detail": a.detail,
+                        }
+                        for a in attempts
+                    ],
+                }
+            )
+        return {**_record(event), "deliveries": deliveries}
+
+    async def replay(self, event_id: str, params: Replay) -> dict[str, Any]:
+        event = await self._event(event_id)
+        deliveries = await self.store.deliveries(event_id)
+        if params.sink is not None and params.sink not in {d.sink for d in deliveries}:
+            known = ", ".join(sorted(d.sink for d in deliveries)) or "none (the event was routed nowhere)"
+            raise OperationError(
+                404, "unknown_sink", f"event {event_id} has no delivery to {params.sink!r}; it has {known}"
+            )
+        requeued = await self.store.replay(event.id, sink=params.sink, now=self.clock.now())
+        if not requeued:
+            raise OperationError(
+                409, "nothing_to_replay", "no finished delivery to replay: they are all still pending, or none exist"
+            )
+        self.wake([d.sink for d in deliveries])
+        return {"requeued": requeued}
+
+    async def list_dead_letters(self, params: DeadLetterFilter) -> dict[str, Any]:
+        query = _dead_letter_query(params)
+        letters = await self.store.list_dead_letters(query, limit=params.limit, after=_position(params.cursor))
+        last = (letters[-1].dead_at, letters[-1].delivery_id) if len(letters) == params.limit else None
+        return {
+            "dead_letters": [_dead_letter(letter) for letter in letters],
+            "next_cursor": last and encode_cursor(last),
+        }
+
+    async def replay_dead_letters(self, params: DeadLetterReplay) -> dict[str, Any]:
+        count = await self.store.requeue_dead_letters(
+            _dead_letter_query(params), now=self.clock.now(), dry_run=params.dry_run
+        )
+        if count and not params.dry_run:
+            self.wake(None)
+        return {"dry_run": params.dry_run, "matched": count, "requeued": 0 if params.dry_run else count}
+
+    async def retry_dead_letter(self, delivery_id: str) -> dict[str, Any]:
+        if not await self.store.set_dead_letter(delivery_id, status="pending", now=self.clock.now()):
+            raise OperationError(404, "unknown_dead_letter", f"no dead letter with delivery id {delivery_id!r}")
+        self.wake(None)
+        return {"requeued": [delivery_id]}
+
+    async def discard_dead_letter(self, delivery_id: str) -> dict[str, Any]:
+        if not await self.store.set_dead_letter(delivery_id, status="discarded", now=self.clock.now()):
+            raise OperationError(404, "unknown_dead_letter", f"no dead letter with delivery id {delivery_id!r}")
+        return {"discarded": delivery_id}
+
+    async def purge(self, params: Purge, *, batch: int = 500) -> dict[str, Any]:
+        """Delete what is older than the retention, in batches of short transactions, so ingestion goes on."""
+        older_than = self.retention if params.older_than is None else params.older_than
+        before = self.clock.now() - older_than
+        deleted = 0
+        while removed := await self.store.purge(before=before, batch=batch):
+            deleted += removed
+        return {"deleted": deleted, "older_than_seconds": older_than}
+
+    async def _event(self, event_id: str) -> EventRecord:
+        event = await self.store.get_event(event_id)
+        if event is None:
+            raise OperationError(404, "unknown_event", f"no event with id {event_id!r}")
+        return event
+
+
+def _position(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor)
+    except ValueError as error:
+        raise OperationError(400, "invalid_parameters", f"cursor: {error}") from None
+
+
+def _dead_letter_query(params: DeadLetterFilter | DeadLetterReplay) -> DeadLetterQuery:
+    return DeadLetterQuery(
+        sink=params.sink,
+        source=params.source,
+        type=params.type,
+        since=params.since.timestamp() if params.since else None,
+        until=params.until.timestamp() if params.until else None,
+    )
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else to_datetime(moment).isoformat()
+
+
+def _summary(event: EventSummary) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "source": event.source,
+        "provider_event_id": event.provider_event_id,
+        "provider_event_type": event.provider_event_type,
+        "type": event.type,
+        "appointment_id": event.appointment_id,
+        "occurred_at": _iso(event.occurred_at),
+        "received_at": _iso(event.received_at),
+        "deliveries": event.deliveries,
+    }
+
+
+def _record(event: EventRecord) -> dict[str, Any]:
+    try:
+        raw: dict[str, Any] = {"raw_body": event.raw_body.decode("utf-8")}
+    except UnicodeDecodeError:
+        raw = {"raw_body_base64": base64.b64encode(event.raw_body).decode()}
+    return {
+        "id": event.id,
+        "source": event.source,
+        "provider_event_id": event.provider_event_id,
+        "provider_event_type": event.provider_event_type,
+        "provider_delivery_id": event.provider_delivery_id,
+        "type": event.type,
+        "occurred_at": _iso(event.occurred_at),
+        "received_at": _iso(event.received_at),
+        "canonical": json.loads(event.canonical) if event.canonical else None,
+        "headers": event.headers,
+        **raw,
+    }
+
+
+def _delivery(delivery: DeliveryRow) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "sink": delivery.sink,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "next_attempt_at": _iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
+        "dead_reason": delivery.dead_reason,
+        "last_error": delivery.last_error,
+    }
+
+
+def _dead_letter(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "delivery_id": letter.delivery_id,
+        "event_id": letter.event_id,
+        "sink": letter.sink,
+        "source": letter.source,
+        "type": letter.type or letter.provider_event_type,
+        "attempts": letter.attempts,
+        "reason": letter.dead_reason,
+        "last_error": letter.last_error,
+        "dead_at": _iso(letter.dead_at),
+        "received_at": _iso(letter.received_at),
+    }
