@@ -64,7 +64,7 @@ async def running(config: Config, store: Store, worker: Worker, *, deliver: bool
                 sinks.push_async_callback(sink.aclose)
             async with anyio.create_task_group() as delivering:
                 if deliver:
-                    delivering.start_soon(worker.run)
+                    await delivering.start(worker.run)
                 async with anyio.create_task_group() as housekeeping:
                     operations = build_operations(config, store, worker.clock, worker)
                     housekeeping.start_soon(_purge_periodically, config, operations)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from gateway.clock import Clock, SystemClock
 from gateway.events import AppointmentEvent
@@ -87,9 +87,10 @@ class Worker:
         self.rng = rng or random.Random()
         self._in_flight = dict.fromkeys(self.lanes, 0)
         self._wakeups = {name: anyio.Event() for name in self.lanes}
-        self._stopping = False
+        self._stop = anyio.Event()
         self.running = False
         """True while `run` is delivering (readiness)."""
+        self.finished = anyio.Event()
 
     def wake(self, sinks: Iterable[str] | None = None) -> None:
         """New deliveries are due for these sinks (all when None): look now rather than at the next poll."""
@@ -99,21 +100,24 @@ class Worker:
 
     def stop(self) -> None:
         """Claim nothing more; in-flight attempts get `shutdown_grace` seconds, then their leases are released."""
-        self._stopping = True
+        self._stop.set()
         self.wake()
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         logger.info("worker %s delivering to %s", self.owner, ", ".join(self.lanes) or "no sink")
         self.running = True
+        task_status.started()
         try:
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self.store.watch, self.wake)
                 async with anyio.create_task_group() as lanes:
+                    lanes.start_soon(self._stop.wait)  # run until stopped, even with no sink to drive
                     for lane in self.lanes.values():
                         lanes.start_soon(self._run_lane, lane)
                 watching.cancel_scope.cancel()
         finally:
             self.running = False
+            self.finished.set()
 
     async def run_due(self) -> int:
         """Claim and attempt, once, everything due now on every sink; return how many attempts were made."""
@@ -125,7 +129,7 @@ class Worker:
 
     async def _run_lane(self, lane: Lane) -> None:
         async with anyio.create_task_group() as attempts:
-            while not self._stopping:
+            while not self._stop.is_set():
                 self._wakeups[lane.name] = wakeup = anyio.Event()
                 claimed = await self._claim(lane, attempts)
                 if claimed and self._in_flight[lane.name] < lane.concurrency:

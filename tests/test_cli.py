@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -19,7 +20,8 @@ import pytest
 from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Config
-from tests.receiver import serving
+from gateway.sources.base import load_samples
+from tests.receiver import Answer, receiver, serving
 
 JOURNAL = """
 sinks:
@@ -209,3 +211,48 @@ def test_the_compose_example_runs_commands_the_gateway_accepts_on_a_valid_config
         monkeypatch.setenv(variable, "x")
     config = load_config(root / "deploy" / "config.yaml", plugin_manager())
     assert config.settings.storage.url == "postgresql://gateway:x@db:5432/gateway"
+
+
+@pytest.mark.anyio
+async def test_the_admin_commands_work_on_the_configured_store(
+    write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import running_gateway
+
+    async with receiver() as crm:
+        crm.default = Answer(422, body=b"refused")
+        config = write_config(
+            f"sinks:\n  crm: {{type: http, options: {{url: '{crm.url}'}}}}\nroutes:\n  - sinks: [crm]\n"
+        )
+        async with running_gateway(config) as gateway:
+            body = load_samples("moncreneau.json")["appointment.created"]
+            event_id = (await gateway.post_moncreneau(body)).json()["event_id"]
+            await gateway.worker.run_due()
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        code = await anyio.to_thread.run_sync(main, ["-c", str(config.path), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    async def answer(*args: str) -> Any:
+        code, out, err = await run(*args)
+        assert code == 0, err
+        return json.loads(out)
+
+    listed = await answer("events", "list", "--source", "moncreneau", "--status", "dead")
+    assert [e["id"] for e in listed["events"]] == [event_id]
+    shown = await answer("events", "show", event_id)
+    assert shown["deliveries"][0]["attempt_log"][0]["status_code"] == 422
+    (letter,) = (await answer("dead-letters", "list", "--sink", "crm"))["dead_letters"]
+    dry_run = await answer("dead-letters", "replay", "--sink", "crm", "--dry-run")
+    assert dry_run == {"dry_run": True, "matched": 1, "requeued": 0}
+    assert await answer("dead-letters", "retry", letter["delivery_id"]) == {"requeued": [letter["delivery_id"]]}
+    code, _, err = await run("replay", event_id)
+    assert (code, err) == (
+        1,
+        "nothing_to_replay: no finished delivery to replay: they are all still pending, or none exist\n",
+    )
+    assert await answer("purge", "--older-than", "0s") == {"deleted": 0, "older_than_seconds": 0.0}  # still pending
+    assert (await run("dead-letters", "discard", letter["delivery_id"]))[0] == 1  # no longer dead
+    assert (await run("events", "show", "nope"))[2] == "unknown_event: no event with id 'nope'\n"
+    assert "since: Input should be a valid datetime" in (await run("events", "list", "--since", "last week"))[2]
