@@ -27,7 +27,7 @@ from gateway.store.base import Store
 logger = logging.getLogger(__name__)
 
 
-def build_worker(config: Config, store: Store, clock: Clock) -> Worker:
+def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | None = None) -> Worker:
     settings = config.settings
     lanes = {
         name: Lane(
@@ -45,6 +45,7 @@ def build_worker(config: Config, store: Store, clock: Clock) -> Worker:
         poll_interval=settings.worker.poll_interval,
         lease_margin=settings.worker.lease_margin,
         shutdown_grace=settings.worker.shutdown_grace,
+        metrics=metrics,
     )
 
 
@@ -96,9 +97,9 @@ def create_app(
 ) -> Starlette:
     clock = clock or SystemClock()
     store = store or store_for(config.settings.storage)
-    worker = build_worker(config, store, clock)
-    operations = build_operations(config, store, clock, worker)
     metrics = Metrics()
+    worker = build_worker(config, store, clock, metrics)
+    operations = build_operations(config, store, clock, worker)
     ingest = Ingest(
         config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
     )
@@ -114,11 +115,11 @@ def create_app(
             body = await _read_body(request, limit)
             ack = await ingest.receive(source, request.headers, body)
         except WebhookRejected as rejected:
-            metrics.webhooks.labels(source, rejected.reason).inc()
+            metrics.webhooks.labels(source, "", rejected.reason).inc()
             return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code)
         except StorageError as error:
             logger.error("webhook not acknowledged, storage failed: %s", error)
-            metrics.webhooks.labels(source, "storage_unavailable").inc()
+            metrics.webhooks.labels(source, "", "storage_unavailable").inc()
             return JSONResponse(
                 {"error": "storage_unavailable", "detail": "the event could not be stored; retry later"},
                 503,
@@ -142,6 +143,12 @@ def create_app(
         return JSONResponse({"status": "ready"})
 
     async def prometheus(request: Request) -> Response:
+        try:
+            metrics.observe_queues(config.sinks, await store.sink_stats(now=clock.now()))
+            metrics.storage_up.set(1)
+        except StorageError as error:
+            logger.warning("metrics: cannot read the queues: %s", error)
+            metrics.storage_up.set(0)
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     @asynccontextmanager

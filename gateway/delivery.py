@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from gateway.clock import Clock, SystemClock
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
+from gateway.metrics import Metrics
 from gateway.retry import GiveUp, RetryPolicy, after_failure
 from gateway.sinks import Delivery, Sink
 from gateway.store.base import AttemptRecord, ClaimedDelivery, Outcome, Store, Transition
@@ -76,6 +77,7 @@ class Worker:
         lease_margin: float = 30.0,
         shutdown_grace: float = 10.0,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.lanes = dict(lanes)
@@ -85,6 +87,7 @@ class Worker:
         self.lease_margin = lease_margin
         self.shutdown_grace = shutdown_grace
         self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
         self._in_flight = dict.fromkeys(self.lanes, 0)
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._stop = anyio.Event()
@@ -164,7 +167,10 @@ class Worker:
             duration_ms = (time.perf_counter() - began) * 1000
             transition = self._transition(lane, claimed, number, result)
             attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.detail)
+            self.metrics.attempts.labels(lane.name, result.outcome).inc()
+            self.metrics.attempt_seconds.labels(lane.name).observe(duration_ms / 1000)
             if transition.status == "dead":
+                self.metrics.dead_lettered.labels(lane.name).inc()
                 logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)
             await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
         except StorageError as error:

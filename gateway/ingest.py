@@ -74,12 +74,11 @@ class Ingest:
         )
         stored = await self.store.ingest(record, targets)
         outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
-        self.metrics.webhooks.labels(source_name, outcome).inc()
+        self.metrics.webhooks.labels(source_name, webhook.provider_event_type, outcome).inc()
         if stored.duplicate:
             logger.info("duplicate %s event %s ignored", source_name, webhook.provider_event_id)
             return Acknowledgement(200, {"status": "duplicate", "event_id": stored.event_id})
         if event is None:
-            self.metrics.unmapped.labels(source_name, webhook.provider_event_type).inc()
             logger.warning(
                 "stored %s event %s of unmapped type %r; it is routed nowhere",
                 source_name,

@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.store.base import SinkStats
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = registry = CollectorRegistry()
         self.webhooks = Counter(
             "gateway_webhooks",
-            "Webhooks answered, by source and outcome (accepted, duplicate, unmapped, or the rejection reason).",
-            ["source", "outcome"],
-            registry=self.registry,
+            "Webhooks answered, by source, provider event type (empty before it is known) and outcome: accepted, "
+            "duplicate, unmapped, storage_unavailable, or the reason it was rejected.",
+            ["source", "type", "outcome"],
+            registry=registry,
         )
-        self.unmapped = Counter(
-            "gateway_unmapped_events",
-            "Verified events stored but routed nowhere because their type is not mapped, by provider type.",
-            ["source", "provider_event_type"],
-            registry=self.registry,
+        self.attempts = Counter(
+            "gateway_delivery_attempts",
+            "Delivery attempts by sink and outcome (succeeded, retryable, permanent).",
+            ["sink", "outcome"],
+            registry=registry,
         )
+        self.dead_lettered = Counter(
+            "gateway_dead_lettered",
+            "Deliveries moved to the dead letters by this process, by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.attempt_seconds = Histogram(
+            "gateway_attempt_duration_seconds",
+            "How long delivery attempts take, by sink.",
+            ["sink"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Deliveries not yet done (waiting or in flight), by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.queue_due = Gauge(
+            "gateway_queue_due", "Deliveries due now and not claimed, by sink.", ["sink"], registry=registry
+        )
+        self.oldest_due = Gauge(
+            "gateway_oldest_due_seconds",
+            "How long the oldest due, unclaimed delivery has waited past its due time, by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.dead_letters = Gauge(
+            "gateway_dead_letters", "Dead letters currently kept, by sink.", ["sink"], registry=registry
+        )
+        self.storage_up = Gauge(
+            "gateway_storage_up", "1 when the last scrape could read the store, else 0.", registry=registry
+        )
+
+    def observe_queues(self, sinks: Iterable[str], stats: dict[str, SinkStats]) -> None:
+        """Set the queue gauges of every configured sink (zero for a sink with nothing queued)."""
+        for sink in sinks:
+            current = stats.get(sink, SinkStats(0, 0, 0.0, 0))
+            self.queue_depth.labels(sink).set(current.pending)
+            self.queue_due.labels(sink).set(current.due)
+            self.oldest_due.labels(sink).set(current.oldest_due_age)
+            self.dead_letters.labels(sink).set(current.dead)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -178,7 +178,7 @@ async def test_storage_failure_answers_503_never_2xx_and_recovers(gateway: Runni
     response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
     assert response.status_code == 503 and response.headers["retry-after"] == "30"
     assert response.json()["error"] == "storage_unavailable"
-    assert metric(gateway, "gateway_webhooks_total", source="moncreneau", outcome="storage_unavailable") == 1
+    assert metric(gateway, "gateway_webhooks_total", source="moncreneau", type="", outcome="storage_unavailable") == 1
     connection.execute("PRAGMA query_only = 0")
     assert (await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))).status_code == 202
 
@@ -262,7 +262,7 @@ def metric(gateway: Running, name: str, **labels: str) -> float:
     return gateway.app.state.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def test_outcomes_are_counted_by_source(gateway: Running) -> None:
+async def test_outcomes_are_counted_by_source_and_type(gateway: Running) -> None:
     await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
     await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
     unknown = {
@@ -275,16 +275,15 @@ async def test_outcomes_are_counted_by_source(gateway: Running) -> None:
     await gateway.client.post("/webhooks/moncreneau", content=b"{}")
     await gateway.client.post("/webhooks/nobody", content=b"{}")
     counts = {
-        outcome: metric(gateway, "gateway_webhooks_total", source="moncreneau", outcome=outcome)
-        for outcome in ("accepted", "duplicate", "unmapped", "missing_signature")
-    }
-    assert counts == {"accepted": 1, "duplicate": 1, "unmapped": 1, "missing_signature": 1}
-    assert (
-        metric(
-            gateway, "gateway_unmapped_events_total", source="moncreneau", provider_event_type="appointment.teleported"
+        (kind, outcome): metric(gateway, "gateway_webhooks_total", source="moncreneau", type=kind, outcome=outcome)
+        for kind, outcome in (
+            ("appointment.created", "accepted"),
+            ("appointment.created", "duplicate"),
+            ("appointment.teleported", "unmapped"),
+            ("", "missing_signature"),
         )
-        == 1
-    )
+    }
+    assert set(counts.values()) == {1.0}
     exposition = (await gateway.client.get("/metrics")).text
-    assert 'gateway_webhooks_total{outcome="accepted",source="moncreneau"} 1.0' in exposition
+    assert 'gateway_webhooks_total{outcome="accepted",source="moncreneau",type="appointment.created"} 1.0' in exposition
     assert "nobody" not in exposition  # unknown sources do not create label values
