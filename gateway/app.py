@@ -116,9 +116,21 @@ def create_app(
             ack = await ingest.receive(source, request.headers, body)
         except WebhookRejected as rejected:
             metrics.webhooks.labels(source, "", rejected.reason).inc()
+            logger.info(
+                "webhook rejected",
+                extra={
+                    "source": source,
+                    "outcome": rejected.reason,
+                    "status": rejected.status_code,
+                    "detail": rejected.detail,
+                },
+            )
             return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code)
         except StorageError as error:
-            logger.error("webhook not acknowledged, storage failed: %s", error)
+            logger.error(
+                "webhook not acknowledged: storage failed",
+                extra={"source": source, "outcome": "storage_unavailable", "status": 503, "detail": str(error)},
+            )
             metrics.webhooks.labels(source, "", "storage_unavailable").inc()
             return JSONResponse(
                 {"error": "storage_unavailable", "detail": "the event could not be stored; retry later"},

@@ -21,6 +21,7 @@ from gateway.clock import SystemClock
 from gateway.config import Config, admin_exposure, load_config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
+from gateway.logs import configure_logging
 from gateway.operations import (
     DeadLetterFilter,
     DeadLetterReplay,
@@ -41,12 +42,15 @@ CONFIG_ERROR = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, plugin_manager())
     except ConfigError as error:
         print(error, file=sys.stderr)
         return CONFIG_ERROR
+    settings = config.settings.logging
+    configure_logging(
+        format=settings.format, level=os.environ.get("GATEWAY_LOG_LEVEL", settings.level), redacted=settings.redact
+    )
     result: int = args.command(config, args)
     return result
 
@@ -130,6 +134,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         port=args.port or server.port,
         log_level="info",
         timeout_graceful_shutdown=int(config.settings.worker.shutdown_grace) + 5,
+        log_config=None,  # uvicorn's loggers go through ours: JSON, redacted
     )
     return 0
 

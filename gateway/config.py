@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pluggy
 import yaml
@@ -74,6 +74,12 @@ class AdminConfig(_Strict):
         return token or None  # `${GATEWAY_ADMIN_TOKEN:-}` left unset
 
 
+class LoggingConfig(_Strict):
+    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    redact: bool = Field(True, description="Mask customers' names, phones and emails in logs")
+
+
 class RetentionConfig(_Strict):
     max_age: Duration = Field(30 * 86400.0, gt=0, description="Events, attempts and dead letters older are purged")
     interval: Duration = Field(3600.0, gt=0, description="How often serve and worker processes purge")
@@ -94,6 +100,7 @@ class GatewayConfig(_Strict):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)

@@ -6,6 +6,7 @@ The worker talks to the store through its protocol and never writes SQL.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from gateway.clock import Clock, SystemClock
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
+from gateway.logs import redact
 from gateway.metrics import Metrics
 from gateway.retry import GiveUp, RetryPolicy, after_failure
 from gateway.sinks import Delivery, Sink
@@ -167,6 +169,7 @@ class Worker:
             duration_ms = (time.perf_counter() - began) * 1000
             transition = self._transition(lane, claimed, number, result)
             attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.detail)
+            self._log(lane, claimed, attempt, transition)
             self.metrics.attempts.labels(lane.name, result.outcome).inc()
             self.metrics.attempt_seconds.labels(lane.name).observe(duration_ms / 1000)
             if transition.status == "dead":
@@ -229,6 +232,26 @@ class Worker:
         if isinstance(decision, GiveUp):
             return Transition("dead", dead_reason=decision.reason)
         return Transition("pending", next_attempt_at=decision.at)
+
+    def _log(self, lane: Lane, claimed: ClaimedDelivery, attempt: AttemptRecord, transition: Transition) -> None:
+        """One line per attempt; a sink's error text may echo the customer, so it is scrubbed of their values."""
+        customer = json.loads(claimed.canonical).get("customer") or {}
+        known = (customer.get("name"), customer.get("phone"), customer.get("phone_raw"), customer.get("email"))
+        logger.log(
+            logging.INFO if attempt.outcome == "succeeded" else logging.WARNING,
+            f"attempt {attempt.outcome}",
+            extra={
+                "event_id": claimed.event_id,
+                "delivery_id": claimed.id,
+                "sink": lane.name,
+                "attempt": attempt.number,
+                "outcome": attempt.outcome,
+                "status_code": attempt.status_code,
+                "duration_ms": round(attempt.duration_ms, 3),
+                "next": transition.status,
+                "detail": redact(attempt.detail or "", known) or None,
+            },
+        )
 
     async def _release(self, claimed: ClaimedDelivery) -> None:
         try:

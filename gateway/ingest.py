@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class Ingest:
     async def receive(self, source_name: str, headers: Mapping[str, str], body: bytes) -> Acknowledgement:
         """Acknowledge a webhook to a configured source only once it is committed; raise WebhookRejected (4xx) or
         StorageError (503)."""
+        began = time.perf_counter()
         source = self.sources[source_name]
         source.verify(headers, body)
         received_at = self.clock.now()
@@ -75,18 +77,25 @@ class Ingest:
         stored = await self.store.ingest(record, targets)
         outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
         self.metrics.webhooks.labels(source_name, webhook.provider_event_type, outcome).inc()
+        sinks = [] if stored.duplicate else [target.sink for target in targets]
+        logger.log(
+            logging.WARNING if outcome == "unmapped" else logging.INFO,
+            f"webhook {outcome}",
+            extra={
+                "source": source_name,
+                "outcome": outcome,
+                "event_id": stored.event_id,
+                "provider_event_id": webhook.provider_event_id,
+                "provider_event_type": webhook.provider_event_type,
+                "provider_delivery_id": webhook.provider_delivery_id,
+                "sinks": sinks,
+                "duration_ms": round((time.perf_counter() - began) * 1000, 3),
+            },
+        )
         if stored.duplicate:
-            logger.info("duplicate %s event %s ignored", source_name, webhook.provider_event_id)
             return Acknowledgement(200, {"status": "duplicate", "event_id": stored.event_id})
         if event is None:
-            logger.warning(
-                "stored %s event %s of unmapped type %r; it is routed nowhere",
-                source_name,
-                webhook.provider_event_id,
-                webhook.provider_event_type,
-            )
             return Acknowledgement(202, {"status": "unmapped", "event_id": stored.event_id})
-        sinks = [target.sink for target in targets]
         self.on_stored(sinks)
         return Acknowledgement(202, {"status": "accepted", "event_id": stored.event_id, "sinks": sinks})
 

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.config import Config
+from gateway.logs import JsonFormatter, Redactor, configure_logging, redact
+from gateway.sources.base import load_samples
+from tests.conftest import MONCRENEAU_SECRET, running_gateway
+from tests.receiver import Answer, receiver
+
+PII = ("+224621234567", "jean.dupont@example.gn", "Jean Dupont", "john@example.com")
+SECRETS = (MONCRENEAU_SECRET, "admin-token-5d1e", "yapp-secret")
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Capture every log record as the gateway writes it: JSON, through the redaction filter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(Redactor())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+@pytest.mark.anyio
+async def test_one_redacted_json_line_per_webhook_and_per_attempt(
+    write_config: Callable[[str], Config], log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    echo = b'{"error": "customer Jean Dupont (+224 621 23 45 67, jean.dupont@example.gn) is unknown"}'
+    async with receiver() as crm:
+        crm.default = Answer(422, body=echo)
+        config = write_config(
+            f"admin: {{token: admin-token-5d1e}}\nsinks:\n  crm: {{type: http, options: {{url: '{crm.url}'}}}}\n"
+            "routes:\n  - sinks: [crm]\n"
+        )
+        async with running_gateway(config) as gateway:
+            created = load_samples("moncreneau.json")["appointment.created"]
+            event_id = (await gateway.post_moncreneau(created)).json()["event_id"]
+            await gateway.post_moncreneau(created)
+            await gateway.post_yapp(load_samples("yappointment.json")["booking.created"])
+            await gateway.client.post("/webhooks/moncreneau", content=b"{}", headers={"X-Moncreneau-Signature": "x"})
+            await gateway.worker.run_due()
+            await gateway.client.get("/admin/v1/events", headers={"Authorization": "Bearer admin-token-5d1e"})
+    lines = log_lines()
+    webhooks = [line for line in lines if line["message"].startswith("webhook")]
+    assert [line["outcome"] for line in webhooks] == ["accepted", "duplicate", "accepted", "invalid_signature"]
+    first = webhooks[0]
+    assert (first["event_id"], first["provider_event_id"], first["source"]) == (event_id, "evt_abc123", "moncreneau")
+    assert first["provider_delivery_id"] == "550e8400-e29b-41d4-a716-446655440000" and first["duration_ms"] >= 0
+    attempt = next(line for line in lines if line["message"] == "attempt permanent" and line["event_id"] == event_id)
+    assert (attempt["sink"], attempt["attempt"], attempt["status_code"], attempt["next"]) == ("crm", 1, 422, "dead")
+    assert attempt["detail"] == (
+        f'{crm.url} answered 422: {{"error": "customer [redacted] ([phone], [email]) is unknown"}}'
+    )
+    text = json.dumps(lines)
+    for value in PII + SECRETS:
+        assert value not in text, value
+
+
+def test_redaction_masks_contacts_but_not_ids_or_times() -> None:
+    assert redact("write to a.b+c@mail.example.org or call +33 6 12 34 56 78") == "write to [email] or call [phone]"
+    kept = "event 550e8400-e29b-41d4-a716-446655440000 at 1767225600.25, attempt 12, HTTP 503"
+    assert redact(kept) == kept
+    assert redact("Jean Dupont called", known=("Jean Dupont", None, "")) == "[redacted] called"
+
+
+def test_logging_can_be_plain_text_and_unredacted(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging(format="text", level="INFO", redacted=False)
+        logging.getLogger("gateway.test").info("call +224621234567")
+        configure_logging(format="json", level="INFO", redacted=True)
+        logging.getLogger("gateway.test").info("call +224621234567")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    plain, structured = capsys.readouterr().err.splitlines()
+    assert plain.endswith("INFO gateway.test: call +224621234567")
+    assert json.loads(structured)["message"] == "call [phone]"
