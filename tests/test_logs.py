@@ -62,7 +62,7 @@ async def test_one_redacted_json_line_per_webhook_and_per_attempt(
     attempt = next(line for line in lines if line["message"] == "attempt permanent" and line["event_id"] == event_id)
     assert (attempt["sink"], attempt["attempt"], attempt["status_code"], attempt["next"]) == ("crm", 1, 422, "dead")
     assert attempt["detail"] == (
-        f'{crm.url} answered 422: {{"error": "customer [redacted] ([phone], [email]) is unknown"}}'
+        f'{crm.url}/ answered 422: {{"error": "customer [redacted] ([phone], [redacted]) is unknown"}}'
     )
     text = json.dumps(lines)
     for value in PII + SECRETS:
