@@ -18,6 +18,7 @@ from gateway.config import Config
 from gateway.delivery import Lane, Worker
 from gateway.exceptions import StorageError, WebhookRejected
 from gateway.ingest import Ingest
+from gateway.ingress import Guard, RateLimited
 from gateway.metrics import Metrics
 from gateway.operations import Operations, Purge
 from gateway.routing import Router
@@ -103,7 +104,11 @@ def create_app(
     ingest = Ingest(
         config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
     )
-    limit = config.settings.server.max_body_bytes
+    server = config.settings.server
+    guards = {
+        name: Guard(source.options.allow_ips, source.options.rate_limit, server.trusted_proxies, clock)
+        for name, source in config.sources.items()
+    }
     with_worker = config.settings.worker.enabled if run_worker is None else run_worker
 
     async def receive_webhook(request: Request) -> Response:
@@ -112,8 +117,14 @@ def create_app(
             detail = f"no source named {source!r} is configured"
             return JSONResponse({"error": "unknown_source", "detail": detail}, 404)
         try:
-            body = await _read_body(request, limit)
+            guards[source].check(request.client.host if request.client else None, request.headers)
+            with anyio.fail_after(server.read_timeout):
+                body = await _read_body(request, server.max_body_bytes)
             ack = await ingest.receive(source, request.headers, body)
+        except TimeoutError:
+            metrics.webhooks.labels(source, "", "request_timeout").inc()
+            detail = f"the body did not arrive within {server.read_timeout:g}s"
+            return JSONResponse({"error": "request_timeout", "detail": detail}, 408, headers={"Connection": "close"})
         except WebhookRejected as rejected:
             metrics.webhooks.labels(source, "", rejected.reason).inc()
             logger.info(
@@ -125,7 +136,8 @@ def create_app(
                     "detail": rejected.detail,
                 },
             )
-            return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code)
+            headers = {"Retry-After": str(rejected.retry_after)} if isinstance(rejected, RateLimited) else None
+            return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code, headers)
         except StorageError as error:
             logger.error(
                 "webhook not acknowledged: storage failed",

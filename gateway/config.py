@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 import pluggy
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
 
 from gateway._fields import annotation_at, model_in
 from gateway.durations import Duration
@@ -36,6 +36,10 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1, description="Larger webhook bodies are answered 413")
+    read_timeout: Duration = Field(10.0, gt=0, description="A body not received within this is answered 408")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="Peers whose X-Forwarded-For is believed (your load balancers)"
+    )
 
 
 class StorageConfig(_Strict):

@@ -15,10 +15,11 @@ from typing import Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import WebhookRejected
+from gateway.ingress import RateLimit
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,6 +33,8 @@ class SourceOptions(BaseModel):
     secrets: list[str] = Field(min_length=1, description="Signing secrets; several are accepted during rotation")
     timezone: str = Field("UTC", description="IANA zone in which the provider's local times are read")
     default_region: str | None = Field(None, description="ISO 3166 region for phone numbers without +country code")
+    allow_ips: list[IPvAnyNetwork] | None = Field(None, description="CIDR ranges allowed to post; anyone when unset")
+    rate_limit: RateLimit | None = Field(None, description="Per client: {per_second, burst}; 429 beyond it")
 
     @field_validator("secrets")
     @classmethod
