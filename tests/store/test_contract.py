@@ -334,3 +334,29 @@ async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
     assert stats["crm"].oldest_due_age == pytest.approx(99.0)  # the first one is leased, not due
     assert (stats["sms"].pending, stats["sms"].dead, stats["sms"].oldest_due_age) == (0, 1, 0.0)
     await store.ping()
+
+
+async def test_purging_while_events_arrive_loses_nothing_newer_than_the_cut_off(store: Store) -> None:
+    old = [record(f"old_{n}", key=f"old{n}", received=100.0) for n in range(120)]
+    for event in old:
+        await store.ingest(event, targets("crm"))
+    for event in old[:100]:  # the last 20 are still pending: kept whatever their age
+        await finish(store, event, "crm", "succeeded")
+    new = [record(f"new_{n}", key=f"new{n}", received=5000.0 + n) for n in range(150)]
+    purged = 0
+
+    async def arrive() -> None:
+        for event in new:
+            await store.ingest(event, targets("crm"))
+
+    async def purge() -> None:
+        nonlocal purged
+        while removed := await store.purge(before=1000.0, batch=7):
+            purged += removed
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(arrive)
+        tasks.start_soon(purge)
+    assert purged == 100
+    left = {e.provider_event_id for e in await store.list_events(EventQuery(), limit=1000)}
+    assert left == {e.provider_event_id for e in new + old[100:]}
