@@ -245,3 +245,23 @@ def test_an_admin_api_without_a_token_is_refused_off_loopback(write_config: Call
 async def test_a_disabled_admin_api_is_not_there(write_config: Callable[[str], Config]) -> None:
     async with running_gateway(write_config("admin: {enabled: false}\n")) as running:
         assert (await running.client.get(f"{PREFIX}/events")).status_code == 404
+
+
+async def test_the_periodic_task_purges_what_outlived_the_retention(write_config: Callable[[str], Config]) -> None:
+    config = write_config("retention: {max_age: 1d, interval: 20ms}\n")
+    async with running_gateway(config) as running:
+        await accepted(running, event("appointment.created", "evt_old"))  # routed nowhere: nothing pending
+        running.clock.advance(2 * 86400)
+        with anyio.fail_after(5):
+            while await running.store.count_events():  # noqa: ASYNC110  the purge runs on its own timer
+                await anyio.sleep(0.02)
+
+
+def test_serve_refuses_to_expose_the_admin_api_without_a_token(
+    write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    config = write_config("")
+    assert main(["-c", str(config.path), "serve", "--host", "0.0.0.0"]) == 2
+    assert "admin.token: the admin API would be reachable on 0.0.0.0 without a token" in capsys.readouterr().err
