@@ -15,7 +15,7 @@ from starlette.routing import Route
 from gateway.admin import admin_routes
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
-from gateway.delivery import Lane, Worker
+from gateway.delivery import Lane, StoreState, Worker
 from gateway.exceptions import StorageError, WebhookRejected
 from gateway.ingest import Ingest
 from gateway.ingress import Guard, RateLimited
@@ -187,6 +187,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             *(admin_routes(operations, config.settings.admin.token) if config.settings.admin.enabled else []),
+            *(route for name, sink in config.sinks.items() for route in sink.routes(StoreState(store, name, clock))),
         ],
         lifespan=lifespan,
     )

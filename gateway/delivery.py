@@ -53,6 +53,24 @@ class _Result:
     dead_reason: str = "permanent error"
 
 
+class StoreState:
+    """A sink's state, kept in the store so that every process and every delivery sees it."""
+
+    def __init__(self, store: Store, sink: str, clock: Clock) -> None:
+        self.store = store
+        self.sink = sink
+        self.clock = clock
+
+    async def get(self, key: str) -> str | None:
+        return await self.store.get_state(self.sink, key)
+
+    async def set(self, key: str, value: str) -> None:
+        await self.store.set_state(self.sink, key, value, now=self.clock.now())
+
+    async def items(self, prefix: str) -> dict[str, str]:
+        return await self.store.list_state(self.sink, prefix)
+
+
 class StoreLedger:
     """A delivery's sent messages, kept in the store so that they outlive the process."""
 
@@ -200,6 +218,7 @@ class Worker:
                 attempted_at=self.clock.now(),
                 locale=claimed.locale,
                 ledger=StoreLedger(self.store, claimed.id, self.clock),
+                state=StoreState(self.store, lane.name, self.clock),
             )
             with anyio.fail_after(lane.timeout):
                 receipt = await lane.sink.deliver(event, delivery)

@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
+from starlette.routing import BaseRoute
 
 from gateway.events import AppointmentEvent
 
@@ -49,6 +50,33 @@ class MemoryLedger:
         self.messages.setdefault(recipient, provider_message_id)
 
 
+class SinkState(Protocol):
+    """What a sink remembers between deliveries (per key, e.g. per appointment), kept in the gateway's store:
+    for sinks that must not let a stale event undo a newer one."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> None: ...
+
+    async def items(self, prefix: str) -> dict[str, str]: ...
+
+
+class MemoryState:
+    """Sink state that lives as long as the object: for sinks used outside the gateway (tests, one-off runs)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    async def set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+    async def items(self, prefix: str) -> dict[str, str]:
+        return {key: value for key, value in sorted(self.values.items()) if key.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Which delivery a sink is working on: its id is stable across retries (an idempotency key)."""
@@ -61,6 +89,8 @@ class Delivery:
     locale: str | None = None
     """The locale the route chose for this delivery's messages, if any."""
     ledger: Ledger = field(default_factory=MemoryLedger)
+    state: SinkState = field(default_factory=MemoryState)
+    """The sink's state, shared by all its deliveries."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +119,10 @@ class Sink(ABC):
     @abstractmethod
     async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
         """Deliver, or raise PermanentDeliveryError / RetryableDeliveryError; any other error is retried."""
+
+    def routes(self, state: SinkState) -> list[BaseRoute]:
+        """HTTP routes the sink serves from the gateway (e.g. a calendar feed), given its state; none by default."""
+        return []
 
     def check(self, samples: Sequence[tuple[AppointmentEvent, str | None]]) -> list[str]:
         """Problems `check-config` should report, found by trying the sink on the sample events its routes would

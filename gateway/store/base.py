@@ -168,6 +168,16 @@ class Store(Protocol):
         """Give leases back without an attempt, so that another worker may claim them at once."""
         ...
 
+    async def get_state(self, sink: str, key: str) -> str | None:
+        """A sink's own remembered value (e.g. what it last applied for an appointment), or None."""
+        ...
+
+    async def set_state(self, sink: str, key: str, value: str, *, now: float) -> None: ...
+
+    async def list_state(self, sink: str, prefix: str) -> dict[str, str]:
+        """Every key (and value) the sink remembers that starts with `prefix`, in key order."""
+        ...
+
     async def sent_messages(self, delivery_id: str) -> dict[str, str]:
         """Recipient -> provider message id of every message a sink confirmed sending for this delivery."""
         ...

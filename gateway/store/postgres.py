@@ -163,6 +163,12 @@ FROM deliveries
 WHERE status IN ('pending', 'dead')
 GROUP BY sink
 """
+GET_STATE = "SELECT value FROM sink_state WHERE sink = %s AND key = %s"
+SET_STATE = """
+INSERT INTO sink_state (sink, key, value, updated_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (sink, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+"""
+LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = %s AND left(key, %s) = %s ORDER BY key"
 SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = %s"
 INSERT_SENT = """
 INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (%s, %s, %s, %s)
@@ -343,6 +349,25 @@ class PostgresStore:
                 await cursor.executemany(RELEASE, [(delivery_id, owner) for delivery_id in delivery_ids])
 
         await self._run(release)
+
+    async def get_state(self, sink: str, key: str) -> str | None:
+        async def get(conn: psycopg.AsyncConnection[Any]) -> str | None:
+            row = await (await conn.execute(GET_STATE, (sink, key))).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(get)
+
+    async def set_state(self, sink: str, key: str, value: str, *, now: float) -> None:
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(SET_STATE, (sink, key, value, now))
+
+        await self._run(write)
+
+    async def list_state(self, sink: str, prefix: str) -> dict[str, str]:
+        async def select(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:
+            return dict(await (await conn.execute(LIST_STATE, (sink, len(prefix), prefix))).fetchall())
+
+        return await self._run(select)
 
     async def sent_messages(self, delivery_id: str) -> dict[str, str]:
         async def sent(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:

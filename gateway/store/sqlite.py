@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+CREATE TABLE IF NOT EXISTS sink_state (
+    sink TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (sink, key)
+);
 CREATE TABLE IF NOT EXISTS sent_messages (
     delivery_id TEXT NOT NULL REFERENCES deliveries (id),
     recipient TEXT NOT NULL,
@@ -211,6 +218,12 @@ FROM deliveries
 WHERE status IN ('pending', 'dead')
 GROUP BY sink
 """
+GET_STATE = "SELECT value FROM sink_state WHERE sink = ? AND key = ?"
+SET_STATE = """
+INSERT INTO sink_state (sink, key, value, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (sink, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+"""
+LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
 SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = ?"
 INSERT_SENT = """
 INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (?, ?, ?, ?)
@@ -347,6 +360,19 @@ class SQLiteStore:
                 db.executemany(RELEASE, [(delivery_id, owner) for delivery_id in delivery_ids])
 
         await self._run(release)
+
+    async def get_state(self, sink: str, key: str) -> str | None:
+        return await self._run(lambda db: (db.execute(GET_STATE, (sink, key)).fetchone() or (None,))[0])
+
+    async def set_state(self, sink: str, key: str, value: str, *, now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(SET_STATE, (sink, key, value, now))
+
+        await self._run(write)
+
+    async def list_state(self, sink: str, prefix: str) -> dict[str, str]:
+        return await self._run(lambda db: dict(db.execute(LIST_STATE, (sink, len(prefix), prefix)).fetchall()))
 
     async def sent_messages(self, delivery_id: str) -> dict[str, str]:
         return await self._run(lambda db: dict(db.execute(SELECT_SENT, (delivery_id,)).fetchall()))

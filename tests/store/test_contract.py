@@ -360,3 +360,14 @@ async def test_purging_while_events_arrive_loses_nothing_newer_than_the_cut_off(
     assert purged == 100
     left = {e.provider_event_id for e in await store.list_events(EventQuery(), limit=1000)}
     assert left == {e.provider_event_id for e in new + old[100:]}
+
+
+async def test_a_sink_remembers_values_by_key(store: Store) -> None:
+    assert await store.get_state("calendar", "appointment:1") is None
+    await store.set_state("calendar", "appointment:1", "first", now=1.0)
+    await store.set_state("calendar", "appointment:1", "second", now=2.0)
+    await store.set_state("calendar", "appointment:2", "other", now=2.0)
+    await store.set_state("calendar", "feed:1", "x", now=2.0)
+    await store.set_state("sms", "appointment:1", "not the calendar's", now=2.0)
+    assert await store.get_state("calendar", "appointment:1") == "second"
+    assert await store.list_state("calendar", "appointment:") == {"appointment:1": "second", "appointment:2": "other"}

@@ -58,6 +58,14 @@ CREATE TABLE attempts (
 );
 CREATE INDEX attempts_delivery ON attempts (delivery_id);
 
+CREATE TABLE sink_state (
+    sink text NOT NULL,
+    key text NOT NULL,
+    value text NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (sink, key)
+);
+
 CREATE TABLE sent_messages (
     delivery_id text NOT NULL REFERENCES deliveries (id),
     recipient text NOT NULL,
