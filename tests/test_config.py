@@ -247,12 +247,20 @@ def test_every_commented_example_in_the_example_configuration_is_valid(
     (tmp_path / "templates").mkdir()
     for name in ("completed.subject.j2", "completed.j2"):
         (tmp_path / "templates" / name).write_text("{{ when }}")
-    for variable in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "SMTP_USER", "SMTP_PASSWORD", "SENDGRID_API_KEY"):
+    monkeypatch.setenv("PASSPORTS_FEED_TOKEN", "a-feed-token-long-enough")
+    for variable in (
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "SMTP_USER",
+        "SMTP_PASSWORD",
+        "SENDGRID_API_KEY",
+        "CALDAV_PASSWORD",
+    ):
         monkeypatch.setenv(variable, "AC0123456789abcdef0123456789abcdef" if variable == "TWILIO_ACCOUNT_SID" else "x")
     monkeypatch.setenv("CRM_URL", "https://crm.example/hooks")
     monkeypatch.setenv("CRM_TOKEN", "t")
     config = load_config(path, plugin_manager())
-    assert set(config.sinks) == {"journal", "crm", "sms", "email", "desk"}
+    assert set(config.sinks) == {"journal", "crm", "sms", "email", "calendar", "desk"}
     assert [route.name for route in config.settings.routes] == [
         "everything-to-the-journal",
         "passport-service-to-crm",

@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gateway_sinks.caldav import CalDAVOptions, CalDAVSink
+from icalendar import Calendar
+
+from gateway.config import Config
+from gateway.events import AppointmentEvent
+from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.sinks import Delivery, MemoryState, Receipt
+from gateway.sources.base import load_samples
+from tests.conftest import running_gateway
+from tests.receiver import Answer, receiver
+from tests.samples import SOURCES
+from tests.test_cli import free_port
+
+pytestmark = pytest.mark.anyio
+FEED_TOKEN = "feed-token-0123456789abcdef"
+
+
+@contextmanager
+def radicale(folder: Path, port: int) -> Iterator[str]:
+    """A Radicale server on a loopback port, with the `gateway` user's calendar home; yield the home's URL."""
+    command = [
+        sys.executable,
+        "-m",
+        "radicale",
+        "--server-hosts",
+        f"127.0.0.1:{port}",
+        "--auth-type",
+        "none",
+        "--storage-filesystem-folder",
+        str(folder),
+        "--logging-level",
+        "error",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.request("MKCOL", f"http://127.0.0.1:{port}/gateway/", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("radicale did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/gateway/"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with radicale(tmp_path_factory.mktemp("radicale"), free_port()) as url:
+        yield url
+
+
+def story(appointment: int, kind: str, created: str, starts: str, **fields: Any) -> AppointmentEvent:
+    """A moncreneau event of one appointment's story, told consistently."""
+    body = load_samples("moncreneau.json")[f"appointment.{kind}"]
+    body["id"] = f"evt_{appointment}_{kind}_{created}"
+    body["created"] = created
+    body["data"]["object"].update(id=appointment, dateTime=starts, **fields)
+    source, _ = SOURCES["moncreneau"]
+    event = source.parse(body, {}, event_id=body["id"], received_at=datetime(2026, 1, 1, tzinfo=UTC)).event
+    assert event is not None
+    return event
+
+
+def sink(url: str | None, **options: Any) -> CalDAVSink:
+    return CalDAVSink("calendar", CalDAVOptions.model_validate({"url": url, **options}), timeout=5.0)
+
+
+async def deliver(target: CalDAVSink, state: MemoryState, *events: AppointmentEvent) -> list[Receipt | None]:
+    await target.open()
+    try:
+        return [
+            await target.deliver(e, Delivery(id=f"d-{e.id}", sink="calendar", attempt=1, state=state)) for e in events
+        ]
+    finally:
+        await target.aclose()
+
+
+def stored(home: str, appointment: int, calendar: str = "appointments") -> Any:
+    """The VEVENT the server holds for the appointment, or None."""
+    response = httpx.get(f"{home}{calendar}/moncreneau-{appointment}_at_appointment-gateway.ics")
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    (vevent,) = Calendar.from_ical(response.text).walk("VEVENT")
+    return vevent
+
+
+def start(vevent: Any) -> datetime:
+    moment: datetime = vevent.decoded("dtstart")
+    return moment
+
+
+CREATED = ("created", "2026-01-21T14:30:00Z", "2026-01-25T14:30:00")
+UPDATED = ("updated", "2026-01-22T10:15:00Z", "2026-01-26T10:00:00")
+CANCELLED = ("cancelled", "2026-01-23T16:45:00Z", "2026-01-26T10:00:00")
+
+
+async def test_created_rescheduled_cancelled_and_completed_appointments_are_mirrored(home: str) -> None:
+    calendar, state = sink(home, create_calendars=True), MemoryState()
+    await deliver(calendar, state, story(1, *CREATED))
+    created = stored(home, 1)
+    assert str(created["uid"]) == "moncreneau-1@appointment-gateway"
+    assert str(created["summary"]) == "Jean Dupont (Passport Service)" and str(created["status"]) == "CONFIRMED"
+    assert start(created) == datetime(2026, 1, 25, 14, 30, tzinfo=UTC)
+    assert "Phone: +224621234567" in str(created["description"]) and str(created["location"]) == "Passport Service"
+    await deliver(calendar, state, story(1, *UPDATED))
+    moved = stored(home, 1)
+    assert start(moved) == datetime(2026, 1, 26, 10, tzinfo=UTC)
+    assert moved["sequence"] > created["sequence"]
+    assert str(moved["summary"]) == "Jean Dupont (Passport Service)"  # carried forward: the update lacks the name
+    await deliver(
+        calendar, state, story(2, *CREATED), story(2, "completed", "2026-01-25T15:00:00Z", "2026-01-25T14:30:00")
+    )
+    completed = stored(home, 2)
+    assert [str(c) for c in completed["categories"].cats] == ["COMPLETED"]
+    assert "Duration: 30 min" in str(completed["description"]) and "Notes: Document issued" in str(
+        completed["description"]
+    )
+    assert completed.decoded("dtend") - start(completed) == (datetime(2026, 1, 1, 0, 30) - datetime(2026, 1, 1))
+    await deliver(calendar, state, story(1, *CANCELLED))
+    assert str(stored(home, 1)["status"]) == "CANCELLED"
+
+
+@pytest.mark.parametrize("on_cancel", ["mark", "delete"])
+@pytest.mark.parametrize("order", list(itertools.permutations([CREATED, UPDATED, CANCELLED])))
+async def test_every_arrival_order_ends_in_the_same_state(home: str, on_cancel: str, order: tuple[Any, ...]) -> None:
+    appointment = 100 + hash((on_cancel, order)) % 100_000
+    calendar, state = sink(home, create_calendars=True, on_cancel=on_cancel), MemoryState()
+    await deliver(calendar, state, *(story(appointment, *step) for step in order))
+    final = stored(home, appointment)
+    if on_cancel == "delete":
+        assert final is None
+    else:
+        assert str(final["status"]) == "CANCELLED" and start(final) == datetime(2026, 1, 26, 10, tzinfo=UTC)
+
+
+async def test_duplicates_and_replays_are_harmless(home: str) -> None:
+    calendar, state = sink(home, create_calendars=True), MemoryState()
+    created, updated = story(3, *CREATED), story(3, *UPDATED)
+    receipts = await deliver(calendar, state, created, updated, updated, created, updated)
+    assert [r.detail.split(":")[0] for r in receipts if r and r.detail] == [
+        "wrote moncreneau-3@appointment-gateway in appointments",
+        "wrote moncreneau-3@appointment-gateway in appointments",
+        "wrote moncreneau-3@appointment-gateway in appointments",
+        "stale",
+        "wrote moncreneau-3@appointment-gateway in appointments",
+    ]
+    assert start(stored(home, 3)) == datetime(2026, 1, 26, 10, tzinfo=UTC)
+
+
+async def test_an_old_reschedule_never_overwrites_a_newer_one(home: str) -> None:
+    calendar, state = sink(home, create_calendars=True), MemoryState()
+    newer = story(4, "updated", "2026-01-24T08:00:00Z", "2026-01-27T09:00:00")
+    await deliver(calendar, state, story(4, *CREATED), newer, story(4, *UPDATED))
+    assert start(stored(home, 4)) == datetime(2026, 1, 27, 9, tzinfo=UTC)
+
+
+async def test_calendars_are_chosen_by_department_and_created_only_when_allowed(home: str) -> None:
+    by_department = {"calendars_by_department": {"5": "passports"}}
+    with pytest.raises(PermanentDeliveryError, match="passports/ does not exist") as error:
+        await deliver(sink(home, **by_department), MemoryState(), story(5, *CREATED))
+    assert error.value.reason == "no calendar"
+    await deliver(sink(home, create_calendars=True, **by_department), MemoryState(), story(5, *CREATED))
+    assert stored(home, 5, "passports") is not None and stored(home, 5) is None
+
+
+async def test_a_server_that_is_down_is_retried_and_then_written(tmp_path: Path) -> None:
+    port = free_port()
+    calendar, state = sink(f"http://127.0.0.1:{port}/gateway/", create_calendars=True), MemoryState()
+    with pytest.raises(RetryableDeliveryError, match=r"Connect(ion)?Error"):
+        await deliver(calendar, state, story(6, *CREATED))
+    with radicale(tmp_path / "data", port) as home:
+        await deliver(calendar, state, story(6, *CREATED))
+        assert stored(home, 6) is not None
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "retry_after"),
+    [
+        (Answer(503, {"Retry-After": "120"}), RetryableDeliveryError, 120),
+        (Answer(429), RetryableDeliveryError, None),
+        (Answer(500), RetryableDeliveryError, None),
+        (Answer(403), PermanentDeliveryError, None),
+        (Answer(400), PermanentDeliveryError, None),
+    ],
+)
+async def test_server_errors_are_classified(answer: Answer, error: type[Exception], retry_after: float | None) -> None:
+    async with receiver() as server:
+        server.default = answer
+        with pytest.raises(error) as raised:
+            await deliver(sink(server.url + "/gateway/"), MemoryState(), story(7, *CREATED))
+    assert getattr(raised.value, "retry_after", None) == retry_after
+
+
+async def test_the_feed_serves_the_same_events_behind_a_secret_token(
+    home: str, write_config: Callable[[str], Config]
+) -> None:
+    config = write_config(
+        f"""
+        sinks:
+          calendar:
+            type: caldav
+            options: {{url: "{home}", create_calendars: true, calendar: feedtest, feeds: {{feedtest: {FEED_TOKEN}}}}}
+        routes:
+          - events: ["appointment.*"]
+            sinks: [calendar]
+        """
+    )
+    async with running_gateway(config) as gateway:
+        body = load_samples("moncreneau.json")["appointment.created"]
+        assert (await gateway.post_moncreneau(body)).status_code == 202
+        assert await gateway.worker.run_due() == 1
+        feed = await gateway.client.get(f"/calendars/calendar/{FEED_TOKEN}.ics")
+        wrong = await gateway.client.get("/calendars/calendar/feed-token-guessed-wrong.ics")
+    assert feed.status_code == 200 and feed.headers["content-type"].startswith("text/calendar")
+    (served,) = Calendar.from_ical(feed.text).walk("VEVENT")
+    on_server = stored(home, 12345, "feedtest")
+    assert served.to_ical() == on_server.to_ical()
+    assert wrong.status_code == 404
+
+
+async def test_without_a_server_the_sink_still_feeds(write_config: Callable[[str], Config]) -> None:
+    state = MemoryState()
+    await deliver(sink(None, feeds={"appointments": FEED_TOKEN}), state, story(8, *CREATED))
+    (remembered,) = [json.loads(v) for v in (await state.items("appointment:")).values()]
+    assert "BEGIN:VEVENT" in remembered["vevent"] and remembered["calendar"] == "appointments"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"feeds": {"appointments": "short"}}, "at least 16 random characters"),
+        ({"calendar": "../escape"}, "String should match pattern"),
+        ({"calendars_by_department": {"5": "a/b"}}, "String should match pattern"),
+        ({"summary": "{{ broken"}, "template syntax error"),
+        ({"on_cancel": "archive"}, "Input should be 'mark' or 'delete'"),
+    ],
+)
+def test_impossible_settings_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CalDAVOptions.model_validate(options)
