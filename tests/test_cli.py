@@ -166,7 +166,10 @@ def test_serve_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
     with gateway_process(config, "serve") as server:
         output, _ = server.communicate(timeout=20)
     assert server.returncode == 2
-    assert "sinks.crm.type: unknown sink type 'htp' (did you mean http?); installed: file, http" in output
+    assert (
+        "sinks.crm.type: unknown sink type 'htp' (did you mean http?); "
+        "installed: caldav, file, http, sendgrid_email, smtp_email, twilio_sms" in output
+    )
 
 
 def test_migrate_brings_a_postgresql_schema_up_to_date_and_serve_refuses_one_behind(

@@ -85,7 +85,10 @@ def test_an_unknown_key_in_sink_options_is_checked_by_the_sink_model(write_confi
 
 def test_an_unknown_sink_type_lists_the_installed_ones(write_config: Callable[..., Config]) -> None:
     message = problems(write_config, "sinks:\n  crm:\n    type: htp\n")
-    assert "sinks.crm.type: unknown sink type 'htp' (did you mean http?); installed: file, http" in message
+    assert (
+        "sinks.crm.type: unknown sink type 'htp' (did you mean http?); "
+        "installed: caldav, file, http, sendgrid_email, smtp_email, twilio_sms" in message
+    )
 
 
 def test_every_problem_is_reported_at_once(write_config: Callable[..., Config]) -> None:
