@@ -11,8 +11,9 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -238,6 +239,9 @@ class SQLiteStore:
         self.path = Path(path)
         self._connection: sqlite3.Connection | None = None
         self._one_at_a_time = anyio.CapacityLimiter(1)
+        self._pending: list[_Write] = []
+        self._committing = False
+        self._committed = anyio.Event()
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -307,7 +311,7 @@ class SQLiteStore:
                 )
                 return Ingested(event_id=event.id, duplicate=False)
 
-        return await self._run(ingest)
+        return await self._write(ingest)
 
     async def claim(
         self, sink: str, *, limit: int, now: float, owner: str, lease_until: float
@@ -318,7 +322,7 @@ class SQLiteStore:
                 db.executemany(LEASE, [(owner, lease_until, delivery_id) for delivery_id in ids])
                 return [ClaimedDelivery(*db.execute(SELECT_CLAIMED, (delivery_id,)).fetchone()) for delivery_id in ids]
 
-        return await self._run(claim)
+        return await self._write(claim)
 
     async def record_attempt(
         self, delivery_id: str, owner: str, attempt: AttemptRecord, transition: Transition, *, now: float
@@ -352,14 +356,14 @@ class SQLiteStore:
                 ).rowcount
                 return bool(moved)
 
-        return await self._run(record)
+        return await self._write(record)
 
     async def release(self, delivery_ids: Sequence[str], owner: str) -> None:
         def release(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 db.executemany(RELEASE, [(delivery_id, owner) for delivery_id in delivery_ids])
 
-        await self._run(release)
+        await self._write(release)
 
     async def get_state(self, sink: str, key: str) -> str | None:
         return await self._run(lambda db: (db.execute(GET_STATE, (sink, key)).fetchone() or (None,))[0])
@@ -369,7 +373,7 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(SET_STATE, (sink, key, value, now))
 
-        await self._run(write)
+        await self._write(write)
 
     async def list_state(self, sink: str, prefix: str) -> dict[str, str]:
         return await self._run(lambda db: dict(db.execute(LIST_STATE, (sink, len(prefix), prefix)).fetchall()))
@@ -382,7 +386,7 @@ class SQLiteStore:
             with _transaction(db):
                 db.execute(INSERT_SENT, (delivery_id, recipient, provider_message_id, at))
 
-        await self._run(record)
+        await self._write(record)
 
     async def list_events(
         self, query: EventQuery, *, limit: int, after: tuple[float, str] | None = None
@@ -491,6 +495,37 @@ class SQLiteStore:
     async def count_events(self) -> int:
         return await self._run(lambda db: int(db.execute(COUNT_EVENTS).fetchone()[0]))
 
+    async def _write(self, operation: Callable[[sqlite3.Connection], R]) -> R:
+        """Group commit: writes that arrive while one commit runs wait for it, then go in the next transaction
+        together, one fsync for all of them. Each caller still returns only after its own write is committed."""
+        connection = self._connection
+        if connection is None:
+            raise StorageError(f"SQLite {self.path}: the store is not open")
+        write = _Write(operation)
+        self._pending.append(write)
+        while not write.done:
+            if self._committing:
+                await self._committed.wait()
+                continue
+            self._committing = True
+            batch, self._pending = self._pending, []
+            try:
+                await self._in_thread(partial(_commit_together, connection, batch))
+            except StorageError as error:  # the transaction itself failed: none of the batch is stored
+                for each in batch:
+                    each.error = error
+            finally:
+                for each in batch:
+                    each.done = True
+                self._committing = False
+                committed, self._committed = self._committed, anyio.Event()
+                committed.set()
+        if write.error is not None:
+            if isinstance(write.error, sqlite3.Error):
+                raise StorageError(f"SQLite {self.path}: {write.error}") from write.error
+            raise write.error
+        return write.result  # type: ignore[no-any-return]
+
     async def _run(self, operation: Callable[[sqlite3.Connection], R]) -> R:
         connection = self._connection
         if connection is None:
@@ -508,19 +543,42 @@ class SQLiteStore:
 
 
 class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (the connection is in autocommit mode)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (the connection is in autocommit mode); inside a
+    transaction already begun (a group commit), it leaves commit and rollback to whoever began it."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.began = False
 
     def __enter__(self) -> None:
         if not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
+            self.began = True
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        if not self.db.in_transaction:
+        if not self.began or not self.db.in_transaction:
             return
-        if kind is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+class _Write:
+    """One write waiting for a group commit, and what came of it."""
+
+    def __init__(self, operation: Callable[[sqlite3.Connection], Any]) -> None:
+        self.operation = operation
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+def _commit_together(db: sqlite3.Connection, writes: list[_Write]) -> None:
+    """Run every write in one transaction, each in its own savepoint so that one failing write fails alone."""
+    with _transaction(db):
+        for write in writes:
+            db.execute("SAVEPOINT write")
+            try:
+                write.result = write.operation(db)
+            except Exception as error:  # the write's own failure: undo it, keep the others
+                db.execute("ROLLBACK TO write")
+                write.error = error
+            db.execute("RELEASE write")
