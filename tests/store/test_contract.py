@@ -371,3 +371,24 @@ async def test_a_sink_remembers_values_by_key(store: Store) -> None:
     await store.set_state("sms", "appointment:1", "not the calendar's", now=2.0)
     assert await store.get_state("calendar", "appointment:1") == "second"
     assert await store.list_state("calendar", "appointment:") == {"appointment:1": "second", "appointment:2": "other"}
+
+
+async def test_a_failing_write_among_concurrent_ones_fails_alone(store: Store) -> None:
+    """On SQLite, concurrent writes share one transaction (group commit): each still succeeds or fails alone."""
+    outcomes: dict[str, bool] = {}
+
+    async def ingest(event: EventRecord, sinks: list[Target]) -> None:
+        try:
+            await store.ingest(event, sinks)
+            outcomes[event.provider_event_id] = True
+        except StorageError:
+            outcomes[event.provider_event_id] = False
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(30):
+            broken = n == 17
+            tasks.start_soon(
+                ingest, record(f"evt_{n}", key=f"k{n}"), targets("crm", "crm") if broken else targets("crm")
+            )
+    assert outcomes == {f"evt_{n}": n != 17 for n in range(30)}
+    assert await store.count_events() == 29
