@@ -71,11 +71,11 @@ class Receiver:
 
 
 @asynccontextmanager
-async def serving(app: object) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port for the block; yield its base URL."""
+async def serving(app: object, port: int = 0) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a loopback port (a free one by default) for the block; yield its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, lifespan="auto", log_level="warning"))  # type: ignore[arg-type]
     with sock:
@@ -92,8 +92,8 @@ async def serving(app: object) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def receiver() -> AsyncIterator[Receiver]:
+async def receiver(port: int = 0) -> AsyncIterator[Receiver]:
     endpoint = Receiver()
-    async with serving(endpoint) as url:
+    async with serving(endpoint, port) as url:
         endpoint.url = url
         yield endpoint

@@ -171,6 +171,7 @@ async def test_an_unknown_source_gets_404(gateway: Running) -> None:
     assert response.status_code == 404 and "no source named 'calendly'" in response.json()["detail"]
 
 
+@pytest.mark.fault
 async def test_storage_failure_answers_503_never_2xx_and_recovers(gateway: Running) -> None:
     connection = gateway.store._connection
     assert connection is not None
@@ -234,6 +235,7 @@ def damaged_samples(draw: st.DrawFn) -> tuple[str, Any]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=damaged_samples() | st.tuples(st.sampled_from(["moncreneau", "yapp"]), json_values))
+@pytest.mark.fault
 async def test_no_signed_json_body_ever_gets_a_5xx(gateway: Running, request: tuple[str, Any]) -> None:
     source, body = request
     raw = json.dumps(body).encode()
@@ -248,6 +250,7 @@ async def test_no_signed_json_body_ever_gets_a_5xx(gateway: Running, request: tu
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=300), signature=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=70))
+@pytest.mark.fault
 async def test_arbitrary_bytes_and_signatures_never_get_a_5xx_nor_stored(
     gateway: Running, raw: bytes, signature: str
 ) -> None:

@@ -169,6 +169,7 @@ async def test_a_crashed_workers_leases_come_back(write_config: Callable[[str], 
     assert len(crm.requests) == 1
 
 
+@pytest.mark.fault
 async def test_a_slow_sink_delays_neither_a_fast_sink_nor_acknowledgements(
     write_config: Callable[[str], Config], crm: Receiver
 ) -> None:
@@ -262,6 +263,7 @@ class ForgetfulStore(SQLiteStore):
         return await super().record_attempt(*args, **kwargs)
 
 
+@pytest.mark.fault
 async def test_an_attempt_that_cannot_be_recorded_is_delivered_again_never_lost(
     write_config: Callable[[str], Config], crm: Receiver
 ) -> None:

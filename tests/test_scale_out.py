@@ -72,6 +72,7 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: fl
         raise AssertionError(f"gave up after {seconds:g}s waiting for {what}") from None
 
 
+@pytest.mark.fault
 async def test_replicas_and_workers_deliver_every_accepted_event_once_through_a_worker_kill(
     tmp_path: Path, postgres_url: str
 ) -> None:

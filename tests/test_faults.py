@@ -1,0 +1,297 @@
+"""The fault suite: real gateway processes killed, starved of their sink, and fed hostile bytes.
+
+Each test prints the figures it checked. Run alone with `pytest -m fault`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+
+from gateway.signing import hmac_sha256_hex
+from gateway.sources.base import load_samples
+from tests.conftest import MONCRENEAU_SECRET
+from tests.receiver import Answer, Request, receiver
+from tests.test_cli import free_port
+
+pytestmark = [pytest.mark.fault, pytest.mark.anyio]
+
+
+def configure(tmp_path: Path, port: int, sink_url: str, *, retry: str = "{schedule: [200ms]}") -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+server: {{port: {port}, read_timeout: 1s, max_body_bytes: 65536}}
+storage: {{url: "sqlite:///{tmp_path}/gateway.db"}}
+worker: {{poll_interval: 100ms, lease_margin: 1s}}
+logging: {{level: WARNING}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}
+sinks:
+  crm: {{type: http, options: {{url: "{sink_url}"}}, concurrency: 8, timeout: 2s, retry: {retry}}}
+routes:
+  - sinks: [crm]
+"""
+    )
+    return config
+
+
+@contextmanager
+def gateway(config: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "-c", str(config), "serve"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the gateway did not start; see {log}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def signed(n: int) -> tuple[bytes, dict[str, str]]:
+    body = load_samples("moncreneau.json")["appointment.created"]
+    body["id"], body["data"]["object"]["id"] = f"evt_{n}", n
+    raw = json.dumps(body).encode()
+    return raw, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], what: str, seconds: float) -> None:
+    """Poll a condition that lives in other processes (which cannot signal us), for at most `seconds`."""
+    try:
+        with anyio.fail_after(seconds):
+            while True:
+                value = condition()
+                if await value if not isinstance(value, bool) else value:
+                    return
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"gave up after {seconds:g}s waiting for {what}") from None
+
+
+def delivered_ids(requests: list[Request]) -> Counter[str]:
+    return Counter(json.loads(r.body)["provider_event_id"] for r in requests)
+
+
+async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    port, events = free_port(), 600
+    async with receiver() as crm:
+        config = configure(tmp_path, port, crm.url)
+        acknowledged: set[str] = set()
+        with gateway(config, port, tmp_path / "gateway.log") as process:
+            async with httpx.AsyncClient(timeout=10) as client:
+
+                async def post(n: int) -> None:
+                    raw, headers = signed(n)
+                    try:
+                        response = await client.post(
+                            f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                        )
+                    except httpx.HTTPError:
+                        return  # the process died under this request: not acknowledged
+                    if response.status_code == 202:
+                        acknowledged.add(f"evt_{n}")
+
+                async def kill_midway() -> None:
+                    await until(lambda: len(acknowledged) >= events // 3, "a third acknowledged", 60)
+                    process.send_signal(signal.SIGKILL)
+
+                limit = anyio.Semaphore(16)
+
+                async def bounded(n: int) -> None:
+                    async with limit:
+                        await post(n)
+
+                async with anyio.create_task_group() as load:
+                    load.start_soon(kill_midway)
+                    for n in range(events):
+                        load.start_soon(bounded, n)
+            process.wait()
+        with sqlite3.connect(tmp_path / "gateway.db") as db:
+            in_flight = {
+                row[0]
+                for row in db.execute(
+                    "SELECT e.provider_event_id FROM deliveries d JOIN events e ON e.id = d.event_id "
+                    "WHERE d.lease_owner IS NOT NULL AND d.status = 'pending'"
+                )
+            }
+        with gateway(config, port, tmp_path / "gateway.log"):
+            await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
+        received = delivered_ids(crm.requests)
+    duplicated = {event for event, count in received.items() if count > 1}
+    print(
+        f"\nsent {events}, acknowledged {len(acknowledged)} before the kill stopped the load, delivered "
+        f"{len(received)} distinct ({sum(received.values())} requests), duplicated {len(duplicated)}, in flight "
+        f"at the kill {len(in_flight)}"
+    )
+    assert acknowledged <= set(received)
+    assert duplicated <= in_flight
+
+
+async def test_a_sink_outage_delays_nothing_but_its_deliveries(tmp_path: Path) -> None:
+    port, sink_port, events = free_port(), free_port(), 60
+    config = configure(tmp_path, port, f"http://127.0.0.1:{sink_port}/", retry="{schedule: [200ms], give_up_after: 1h}")
+    with gateway(config, port, tmp_path / "gateway.log"):
+        async with httpx.AsyncClient(timeout=10) as client:
+            latencies: dict[str, list[float]] = {"503": [], "refused": []}
+
+            async def post(n: int, phase: str) -> None:
+                raw, headers = signed(n)
+                began = time.perf_counter()
+                response = await client.post(
+                    f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                )
+                latencies[phase].append(time.perf_counter() - began)
+                assert response.status_code == 202
+
+            # phase 1: the sink answers 503 to everything
+            async with receiver(sink_port) as failing:
+                failing.default = Answer(503)
+                for n in range(events // 2):
+                    await post(n, "503")
+                await until(lambda: len(failing.requests) > events, "retries against the failing sink", 30)
+            # phase 2: nothing listens any more: connections are refused
+            for n in range(events // 2, events):
+                await post(n, "refused")
+            await anyio.sleep(0.5)  # a few retry rounds against the closed port, by design of this phase
+            # phase 3: the sink is back
+            async with receiver(sink_port) as healthy:
+                await until(
+                    lambda: set(delivered_ids(healthy.requests)) >= {f"evt_{n}" for n in range(events)},
+                    "every event delivered after recovery",
+                    60,
+                )
+                received = delivered_ids(healthy.requests)
+    slowest = {phase: max(values) for phase, values in latencies.items()}
+    print(
+        f"\n{events} events acknowledged during the outage (slowest ack: 503 phase {slowest['503'] * 1000:.0f} ms, "
+        f"refused phase {slowest['refused'] * 1000:.0f} ms); {len(failing.requests)} attempts refused with 503; "
+        f"{len(received)} delivered after recovery"
+    )
+    assert set(received) == {f"evt_{n}" for n in range(events)}
+    assert max(slowest.values()) < 1.0  # acknowledging never waited for the sink
+
+
+def _hostile_requests(port: int) -> list[tuple[str, bytes]]:
+    raw, _ = signed(1)
+    good = "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)
+
+    def request(body: bytes, headers: dict[str, str], length: int | None = None) -> bytes:
+        lines = [
+            "POST /webhooks/moncreneau HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Connection: close",
+            f"Content-Length: {len(body) if length is None else length}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    nested = b"[" * 5000 + b"]" * 5000
+    return [
+        ("no signature", request(raw, {"Content-Type": "application/json"})),
+        ("wrong signature", request(raw, {"X-Moncreneau-Signature": "sha256=" + "0" * 64})),
+        ("signature for another body", request(raw.replace(b"12345", b"54321"), {"X-Moncreneau-Signature": good})),
+        ("garbage signature", request(raw, {"X-Moncreneau-Signature": "\x00\x01" * 40})),
+        ("truncated body", request(raw[:100], {"X-Moncreneau-Signature": good}, length=len(raw))),
+        ("huge body", request(b"{" + b" " * 200_000 + b"}", {"X-Moncreneau-Signature": good})),
+        (
+            "invalid utf-8",
+            request(
+                b"\xff\xfe\xfd{}",
+                {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, b"\xff\xfe\xfd{}")},
+            ),
+        ),
+        (
+            "deep nesting",
+            request(nested, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, nested)}),
+        ),
+        ("wrong content type", request(raw, {"Content-Type": "text/xml", "X-Moncreneau-Signature": "sha256=00"})),
+        ("not http", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64),
+        ("header flood", b"POST /webhooks/moncreneau HTTP/1.1\r\n" + b"X-A: b\r\n" * 5000 + b"\r\n"),
+    ]
+
+
+def _exchange(port: int, payload: bytes, *, trickle: bool = False) -> int | None:
+    """Send raw bytes and return the HTTP status answered (None when the server just closed the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            if trickle:  # a slow sender: headers, then the body a byte at a time, slower than server.read_timeout
+                head, _, body = payload.partition(b"\r\n\r\n")
+                sock.sendall(head + b"\r\n\r\n")
+                for byte in body[:60]:
+                    if select.select([sock], [], [], 0.05)[0]:
+                        break  # the server has answered (or closed): stop sending, read what it said
+                    sock.sendall(bytes([byte]))
+            else:
+                sock.sendall(payload)
+            answer = sock.recv(4096)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            return None
+    if not answer.startswith(b"HTTP/1.1 "):
+        return None
+    return int(answer.split()[1])
+
+
+async def responsive(port: int) -> bool:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+
+
+async def test_hostile_bytes_never_get_a_5xx_nor_store_anything(tmp_path: Path) -> None:
+    port = free_port()
+    config = configure(tmp_path, port, "http://127.0.0.1:9/")
+    answers: dict[str, int | None] = {}
+    with gateway(config, port, tmp_path / "gateway.log"):
+        for name, payload in _hostile_requests(port):
+            answers[name] = await anyio.to_thread.run_sync(partial(_exchange, port, payload))
+            assert await responsive(port), name
+        raw, headers = signed(2)
+        slow = (
+            f"POST /webhooks/moncreneau HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
+            f"X-Moncreneau-Signature: {headers['X-Moncreneau-Signature']}\r\n\r\n"
+        ).encode() + raw
+        answers["slow sender"] = await anyio.to_thread.run_sync(partial(_exchange, port, slow, trickle=True))
+        assert await responsive(port)
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        stored = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    print("\n" + "\n".join(f"{name:28} -> {status}" for name, status in answers.items()) + f"\nstored: {stored}")
+    assert all(status is None or status < 500 for status in answers.values())
+    assert answers["no signature"] == answers["wrong signature"] == answers["signature for another body"] == 401
+    assert answers["huge body"] == 413 and answers["slow sender"] == 408
+    assert answers["invalid utf-8"] == answers["deep nesting"] == 400
+    assert stored == 0
