@@ -295,3 +295,77 @@ async def test_hostile_bytes_never_get_a_5xx_nor_store_anything(tmp_path: Path) 
     assert answers["huge body"] == 413 and answers["slow sender"] == 408
     assert answers["invalid utf-8"] == answers["deep nesting"] == 400
     assert stored == 0
+
+
+@contextmanager
+def tiny_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path` (needs root, as CI has): a disk that fills up on purpose."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the disk-full test needs root to mount a tmpfs")
+        pytest.skip("the disk-full test needs root to mount a tmpfs")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_answers_503_never_2xx_and_recovers_by_itself(tmp_path: Path) -> None:
+    port = free_port()
+    with tiny_filesystem(tmp_path / "disk", "1m") as disk:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"""
+server: {{port: {port}}}
+storage: {{url: "sqlite:///{disk}/gateway.db"}}
+logging: {{level: ERROR}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}
+sinks:
+  journal: {{type: file, options: {{path: "{tmp_path}/journal.jsonl"}}}}
+routes:
+  - sinks: [journal]
+"""
+        )
+        statuses: Counter[int] = Counter()
+        acknowledged: set[str] = set()
+        with gateway(config, port, tmp_path / "gateway.log"):
+            async with httpx.AsyncClient(timeout=10) as client:
+
+                async def post(n: int) -> int:
+                    raw, headers = signed(n)
+                    response = await client.post(
+                        f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                    )
+                    statuses[response.status_code] += 1
+                    if response.is_success:
+                        acknowledged.add(f"evt_{n}")
+                    return response.status_code
+
+                n = 0
+                while await post(n) != 503:  # fill the disk
+                    n += 1
+                    assert n < 5000, "the disk never filled"
+                full_at = n
+                refused_while_full = [await post(full_at + k) for k in range(1, 6)]
+                await anyio.run_process(["mount", "-o", "remount,size=64m", str(disk)])
+                recovered = [await post(full_at + 100 + k) for k in range(5)]
+            await until(lambda: _journal(tmp_path) >= acknowledged, "every acknowledged event in the journal", 30)
+        with sqlite3.connect(disk / "gateway.db") as db:
+            stored = {row[0] for row in db.execute("SELECT provider_event_id FROM events")}
+    print(
+        f"\nthe disk filled after {full_at} events; then answers {refused_while_full}; after growing it "
+        f"{recovered}; statuses {dict(statuses)}; acknowledged {len(acknowledged)}, stored {len(stored)}"
+    )
+    assert set(refused_while_full) == {503}
+    assert set(recovered) == {202}
+    assert stored == acknowledged  # nothing acknowledged was lost, nothing unacknowledged was kept
+
+
+def _journal(tmp_path: Path) -> set[str]:
+    path = tmp_path / "journal.jsonl"
+    if not path.exists():
+        return set()
+    return {json.loads(line)["event"]["provider_event_id"] for line in path.read_text().splitlines()}
