@@ -13,7 +13,6 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import fields
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
+from gateway.store import statements
 from gateway.store.base import (
     AttemptRecord,
     ClaimedDelivery,
@@ -45,10 +45,26 @@ from gateway.store.queries import (
     event_conditions,
     summary,
 )
+from gateway.store.statements import for_psycopg
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 CHANNEL = "gateway_deliveries"
+EVENT_COLUMNS = statements.EVENT_COLUMNS
+FIND_EVENT_ID = for_psycopg(statements.FIND_EVENT_ID)
+INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
+INSERT_ATTEMPT = for_psycopg(statements.INSERT_ATTEMPT)
+RELEASE = for_psycopg(statements.RELEASE)
+SELECT_EVENT = for_psycopg(statements.SELECT_EVENT)
+SELECT_DELIVERIES = for_psycopg(statements.SELECT_DELIVERIES)
+SELECT_ATTEMPTS = for_psycopg(statements.SELECT_ATTEMPTS)
+COUNT_EVENTS = for_psycopg(statements.COUNT_EVENTS)
+LIST_DEAD_LETTERS = for_psycopg(statements.LIST_DEAD_LETTERS)
+DEAD_LETTER_IDS = for_psycopg(statements.DEAD_LETTER_IDS)
+GET_STATE = for_psycopg(statements.GET_STATE)
+SET_STATE = for_psycopg(statements.SET_STATE)
+SELECT_SENT = for_psycopg(statements.SELECT_SENT)
+INSERT_SENT = for_psycopg(statements.INSERT_SENT)
 MIGRATIONS = sorted(
     (int(entry.name.split("_")[0]), entry.name)
     for entry in resources.files("gateway.store.migrations").iterdir()
@@ -56,17 +72,10 @@ MIGRATIONS = sorted(
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
 INSERT_EVENT = f"""
 INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("%s" for _ in EVENT_COLUMNS)})
 ON CONFLICT (source, provider_event_id) DO NOTHING
 RETURNING id
-"""
-FIND_EVENT_ID = "SELECT id FROM events WHERE source = %s AND provider_event_id = %s"
-INSERT_DELIVERY = """
-INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
-                        updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)
 """
 NOTIFY = "SELECT pg_notify(%s, %s)"
 # The same rule as SQLite's: a delivery waits behind an earlier pending one of the same appointment and sink.
@@ -89,10 +98,6 @@ WHERE d.id = claimable.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_at), d.attempts_before_requeue,
           d.locale, e.canonical
 """
-INSERT_ATTEMPT = """
-INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-"""
 FINISH_ATTEMPT = """
 UPDATE deliveries
 SET status = %(status)s, attempts = attempts + 1, next_attempt_at = COALESCE(%(next)s, next_attempt_at),
@@ -101,16 +106,6 @@ SET status = %(status)s, attempts = attempts + 1, next_attempt_at = COALESCE(%(n
     dead_reason = %(dead_reason)s, updated_at = %(now)s
 WHERE id = %(id)s AND lease_owner = %(owner)s
 """
-RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = %s AND lease_owner = %s"
-SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = %s"
-SELECT_DELIVERIES = """
-SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error
-FROM deliveries WHERE event_id = %s ORDER BY sink
-"""
-SELECT_ATTEMPTS = """
-SELECT number, started_at, duration_ms, outcome, status_code, detail FROM attempts WHERE delivery_id = %s ORDER BY id
-"""
-COUNT_EVENTS = "SELECT count(*) FROM events"
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
        e.appointment_id,
@@ -127,15 +122,6 @@ SET status = 'pending', next_attempt_at = %s, requeued_at = %s, attempts_before_
 WHERE {where}
 RETURNING id, sink
 """
-LIST_DEAD_LETTERS = """
-SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, d.attempts, d.dead_reason, d.last_error,
-       d.updated_at, e.received_at
-FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
-WHERE {where}
-ORDER BY d.updated_at DESC, d.id DESC
-LIMIT %s
-"""
-DEAD_LETTER_IDS = "SELECT d.id FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE {where}"
 DISCARD = "UPDATE deliveries SET status = 'discarded', updated_at = %s WHERE {where} RETURNING id"
 PURGEABLE = """
 SELECT e.id FROM events AS e
@@ -163,17 +149,7 @@ FROM deliveries
 WHERE status IN ('pending', 'dead')
 GROUP BY sink
 """
-GET_STATE = "SELECT value FROM sink_state WHERE sink = %s AND key = %s"
-SET_STATE = """
-INSERT INTO sink_state (sink, key, value, updated_at) VALUES (%s, %s, %s, %s)
-ON CONFLICT (sink, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
-"""
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = %s AND left(key, %s) = %s ORDER BY key"
-SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = %s"
-INSERT_SENT = """
-INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (%s, %s, %s, %s)
-ON CONFLICT (delivery_id, recipient) DO NOTHING
-"""
 CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS gateway_schema_migrations (
     version integer PRIMARY KEY,

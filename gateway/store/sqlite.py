@@ -10,7 +10,6 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -39,6 +38,23 @@ from gateway.store.queries import (
     dead_letter_conditions,
     event_conditions,
     summary,
+)
+from gateway.store.statements import (
+    COUNT_EVENTS,
+    DEAD_LETTER_IDS,
+    EVENT_COLUMNS,
+    FIND_EVENT_ID,
+    GET_STATE,
+    INSERT_ATTEMPT,
+    INSERT_DELIVERY,
+    INSERT_SENT,
+    LIST_DEAD_LETTERS,
+    RELEASE,
+    SELECT_ATTEMPTS,
+    SELECT_DELIVERIES,
+    SELECT_EVENT,
+    SELECT_SENT,
+    SET_STATE,
 )
 
 SCHEMA_VERSION = 1
@@ -116,16 +132,9 @@ CREATE TABLE IF NOT EXISTS sent_messages (
 );
 """
 
-EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
 INSERT_EVENT = f"""
 INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("?" for _ in EVENT_COLUMNS)})
 ON CONFLICT (source, provider_event_id) DO NOTHING
-"""
-FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = ?"
-INSERT_DELIVERY = """
-INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
-                        updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
 """
 # A delivery waits behind an earlier pending one of the same appointment and sink (ordered by the provider's
 # time, then arrival, then id), whether that one is leased or waiting for its next retry.
@@ -147,10 +156,6 @@ SELECT d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_a
 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE d.id = ?
 """
-INSERT_ATTEMPT = """
-INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
 FINISH_ATTEMPT = """
 UPDATE deliveries
 SET status = ?, attempts = attempts + 1, next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL,
@@ -158,17 +163,6 @@ SET status = ?, attempts = attempts + 1, next_attempt_at = COALESCE(?, next_atte
     updated_at = ?
 WHERE id = ? AND lease_owner = ?
 """
-RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?"
-SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?"
-SELECT_DELIVERIES = """
-SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error
-FROM deliveries WHERE event_id = ? ORDER BY sink
-"""
-SELECT_ATTEMPTS = """
-SELECT number, started_at, duration_ms, outcome, status_code, detail
-FROM attempts WHERE delivery_id = ? ORDER BY id
-"""
-COUNT_EVENTS = "SELECT count(*) FROM events"
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
        e.appointment_id,
@@ -185,15 +179,6 @@ SET status = 'pending', next_attempt_at = ?1, requeued_at = ?1, attempts_before_
 WHERE {where}
 RETURNING id
 """
-LIST_DEAD_LETTERS = """
-SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, d.attempts, d.dead_reason, d.last_error,
-       d.updated_at, e.received_at
-FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
-WHERE {where}
-ORDER BY d.updated_at DESC, d.id DESC
-LIMIT ?
-"""
-DEAD_LETTER_IDS = "SELECT d.id FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE {where}"
 DISCARD = "UPDATE deliveries SET status = 'discarded', updated_at = ?1 WHERE {where} RETURNING id"
 PURGEABLE = """
 SELECT e.id FROM events AS e
@@ -219,17 +204,7 @@ FROM deliveries
 WHERE status IN ('pending', 'dead')
 GROUP BY sink
 """
-GET_STATE = "SELECT value FROM sink_state WHERE sink = ? AND key = ?"
-SET_STATE = """
-INSERT INTO sink_state (sink, key, value, updated_at) VALUES (?, ?, ?, ?)
-ON CONFLICT (sink, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
-"""
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
-SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = ?"
-INSERT_SENT = """
-INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (?, ?, ?, ?)
-ON CONFLICT (delivery_id, recipient) DO NOTHING
-"""
 
 R = TypeVar("R")
 

@@ -1,0 +1,70 @@
+"""SQL that both stores run as it is: written with `?` placeholders, as SQLite takes them; PostgreSQL's store
+takes each through `for_psycopg`. Dialect-specific statements stay in each store's module."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from gateway.store.base import EventRecord
+
+
+def for_psycopg(statement: str) -> str:
+    """The statement with psycopg's `%s` placeholders (none of these statements has a literal `?` or `%`)."""
+    return statement.replace("?", "%s")
+
+
+EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
+
+FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = ?"
+
+INSERT_DELIVERY = """
+INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
+                        updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+"""
+
+INSERT_ATTEMPT = """
+INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+
+RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?"
+
+SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?"
+
+SELECT_DELIVERIES = """
+SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error
+FROM deliveries WHERE event_id = ? ORDER BY sink
+"""
+
+SELECT_ATTEMPTS = """
+SELECT number, started_at, duration_ms, outcome, status_code, detail
+FROM attempts WHERE delivery_id = ? ORDER BY id
+"""
+
+COUNT_EVENTS = "SELECT count(*) FROM events"
+
+LIST_DEAD_LETTERS = """
+SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, d.attempts, d.dead_reason, d.last_error,
+       d.updated_at, e.received_at
+FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+WHERE {where}
+ORDER BY d.updated_at DESC, d.id DESC
+LIMIT ?
+"""
+
+DEAD_LETTER_IDS = "SELECT d.id FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE {where}"
+
+GET_STATE = "SELECT value FROM sink_state WHERE sink = ? AND key = ?"
+
+SET_STATE = """
+INSERT INTO sink_state (sink, key, value, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (sink, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+"""
+
+SELECT_SENT = "SELECT recipient, provider_message_id FROM sent_messages WHERE delivery_id = ?"
+
+INSERT_SENT = """
+INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (delivery_id, recipient) DO NOTHING
+"""
