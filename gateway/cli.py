@@ -132,7 +132,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         app,
         host=host,
         port=args.port or server.port,
-        log_level="info",
+        log_level=config.settings.logging.level.lower(),
+        access_log=False,  # the gateway logs one line per webhook itself, with more to say
         timeout_graceful_shutdown=int(config.settings.worker.shutdown_grace) + 5,
         log_config=None,  # uvicorn's loggers go through ours: JSON, redacted
     )
