@@ -75,11 +75,12 @@ class Target:
 class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
+        self._reads_fields = any(route.where for route in self.routes)
 
     def targets(self, event: AppointmentEvent) -> list[Target]:
         """Every sink named by a matching route, once each, in the order the routes name them; the first route
         naming a sink decides its locale."""
-        fields = event.model_dump(mode="json", by_alias=True)
+        fields = event.model_dump(mode="json", by_alias=True) if self._reads_fields else {}
         targets: dict[str, Target] = {}
         for route in self.routes:
             if route.matches(event, fields):
