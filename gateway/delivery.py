@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from pydantic import ValidationError
 
 from gateway.clock import Clock, SystemClock
 from gateway.events import AppointmentEvent
@@ -211,6 +212,10 @@ class Worker:
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
         try:
             event = AppointmentEvent.model_validate_json(claimed.canonical)
+        except ValidationError as error:  # stored by another version, or damaged: trying again cannot help
+            detail = _excerpt(error, "the stored event cannot be read: ")
+            return _Result("permanent", detail=detail, dead_reason="unreadable event")
+        try:
             delivery = Delivery(
                 id=claimed.id,
                 sink=lane.name,

@@ -295,3 +295,18 @@ async def test_claims_failing_while_storage_is_down_resume_when_it_returns(
         connection.execute("PRAGMA query_only = 0")
         assert await gateway.worker.run_due() == 1
         assert (await only_delivery(gateway, event_id)).status == "succeeded"
+
+
+async def test_a_stored_event_that_cannot_be_read_is_dead_lettered_at_once(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "")))
+    async with running_gateway(config) as gateway:
+        event_id = await accepted(gateway, event())
+        connection = gateway.store._connection
+        assert connection is not None
+        connection.execute('UPDATE events SET canonical = \'{"written": "by another version"}\'')
+        assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.dead_reason) == ("dead", "unreadable event")
+    assert delivery.last_error.startswith("the stored event cannot be read") and crm.requests == []
