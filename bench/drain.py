@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -27,18 +28,26 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import PYTHON, free_port, peak_rss_mib, start  # noqa: E402
 from gateway.routing import Target  # noqa: E402
+from gateway.sources.base import SourceOptions, load_samples  # noqa: E402
+from gateway.sources.moncreneau import Moncreneau  # noqa: E402
 from gateway.store.base import EventRecord  # noqa: E402
 from gateway.store.sqlite import SQLiteStore  # noqa: E402
 
 
 async def fill(database: Path, count: int) -> None:
+    """`count` real canonical events, one due delivery each, stored through the store's own ingest."""
     store = SQLiteStore(database)
     await store.open()
-    canonical = json.dumps({"note": "filled by bench/drain.py"})
-    now = time.time()
+    now = datetime.now(UTC)
+    source = Moncreneau("moncreneau", SourceOptions(type="moncreneau", secrets=["s"], timezone="Africa/Conakry"))
+    sample = source.parse(load_samples("moncreneau.json")["appointment.created"], {}, event_id="x", received_at=now)
+    assert sample.event is not None
+    template = sample.event.model_dump(mode="json", by_alias=True)
 
     async def one(n: int) -> None:
         event_id = str(uuid.uuid4())
+        canonical = {**template, "id": event_id, "provider_event_id": f"evt_{n}"}
+        canonical["appointment"] = {**template["appointment"], "id": str(n)}
         record = EventRecord(
             id=event_id,
             source="moncreneau",
@@ -46,18 +55,18 @@ async def fill(database: Path, count: int) -> None:
             provider_event_type="appointment.created",
             provider_delivery_id=None,
             type="appointment.created",
-            occurred_at=now,
-            received_at=now,
+            occurred_at=now.timestamp(),
+            received_at=now.timestamp(),
             ordering_key=f"moncreneau:appointment:{n}",
-            canonical=canonical,
+            canonical=json.dumps(canonical),
             raw_body=b"{}",
             headers={},
         )
         await store.ingest(record, [Target("crm")])
 
-    for start_at in range(0, count, 2000):  # concurrent ingests share group commits
+    for first in range(0, count, 2000):  # concurrent ingests share group commits
         async with anyio.create_task_group() as tasks:
-            for n in range(start_at, min(count, start_at + 2000)):
+            for n in range(first, min(count, first + 2000)):
                 tasks.start_soon(one, n)
     await store.close()
 

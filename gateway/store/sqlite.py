@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (event_id, sink)
 );
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (status, sink, updated_at);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, status, next_attempt_at);
+-- in claim order: a claim reads the index up to its limit instead of sorting the whole backlog
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, status, next_attempt_at, occurred_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (sink, ordering_key, status, occurred_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 CREATE TABLE IF NOT EXISTS attempts (

@@ -43,7 +43,8 @@ CREATE TABLE deliveries (
     UNIQUE (event_id, sink)
 );
 CREATE INDEX deliveries_dead ON deliveries (sink, updated_at) WHERE status = 'dead';
-CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_at) WHERE status = 'pending';
+-- in claim order: a claim reads the index up to its limit instead of sorting the whole backlog
+CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_at, occurred_at) WHERE status = 'pending';
 CREATE INDEX deliveries_order ON deliveries (sink, ordering_key, occurred_at) WHERE status = 'pending';
 
 CREATE TABLE attempts (
