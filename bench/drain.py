@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import PYTHON, free_port, peak_rss_mib, start  # noqa: E402
+from bench.run import PYTHON, peak_rss_mib, start_receiver  # noqa: E402
 from gateway.routing import Target  # noqa: E402
 from gateway.sources.base import SourceOptions, load_samples  # noqa: E402
 from gateway.sources.moncreneau import Moncreneau  # noqa: E402
@@ -82,12 +82,7 @@ def main() -> int:
         began = time.monotonic()
         anyio.run(fill, work / "gateway.db", size)
         filled = time.monotonic() - began
-        receiver_port = free_port()
-        receiver = start(
-            [PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(receiver_port), "--log-level", "warning"],
-            receiver_port,
-            work / "receiver.log",
-        )
+        receiver, receiver_port = start_receiver(work)
         config = work / "config.yaml"
         config.write_text(
             f"""

@@ -70,6 +70,13 @@ def start(command: list[str], port: int, log: Path, env: dict[str, str] | None =
     raise RuntimeError(f"{command} did not listen on {port}; see {log}")
 
 
+def start_receiver(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The counting receiver (bench/receiver.py) on a free port."""
+    port = free_port()
+    command = [PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(port), "--log-level", "warning"]
+    return start(command, port, work / "receiver.log"), port
+
+
 def wrk(url: str, requests: Path, connections: int, duration: int, threads: int = 2) -> dict[str, float]:
     script = ROOT / "bench" / "post.lua"
     output = subprocess.run(
@@ -154,12 +161,8 @@ def main() -> int:
         bare.terminate()
         bare.wait()
 
-    receiver_port, gateway_port = free_port(), free_port()
-    receiver = start(
-        [PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(receiver_port), "--log-level", "warning"],
-        receiver_port,
-        work / "receiver.log",
-    )
+    receiver, receiver_port = start_receiver(work)
+    gateway_port = free_port()
     config = work / "config.yaml"
     config.write_text(
         f"""
