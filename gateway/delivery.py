@@ -154,10 +154,10 @@ class Worker:
     async def _run_lane(self, lane: Lane) -> None:
         async with anyio.create_task_group() as attempts:
             while not self._stop.is_set():
+                # A claim takes everything due up to the free slots, so the lane then waits: for new deliveries
+                # (ingest or the store wakes it, even during the claim), a slot freed while more were due, or a poll.
                 self._wakeups[lane.name] = wakeup = anyio.Event()
-                claimed = await self._claim(lane, attempts)
-                if claimed and self._in_flight[lane.name] < lane.concurrency:
-                    continue  # there may be more due right now
+                await self._claim(lane, attempts)
                 with anyio.move_on_after(self.poll_interval):
                     await wakeup.wait()
             attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
@@ -259,10 +259,16 @@ class Worker:
 
     def _log(self, lane: Lane, claimed: ClaimedDelivery, attempt: AttemptRecord, transition: Transition) -> None:
         """One line per attempt; a sink's error text may echo the customer, so it is scrubbed of their values."""
-        customer = json.loads(claimed.canonical).get("customer") or {}
-        known = (customer.get("name"), customer.get("phone"), customer.get("phone_raw"), customer.get("email"))
+        level = logging.INFO if attempt.outcome == "succeeded" else logging.WARNING
+        if not logger.isEnabledFor(level):
+            return
+        detail = None
+        if attempt.detail:
+            customer = json.loads(claimed.canonical).get("customer") or {}
+            known = (customer.get("name"), customer.get("phone"), customer.get("phone_raw"), customer.get("email"))
+            detail = redact(attempt.detail, known) or None
         logger.log(
-            logging.INFO if attempt.outcome == "succeeded" else logging.WARNING,
+            level,
             f"attempt {attempt.outcome}",
             extra={
                 "event_id": claimed.event_id,
@@ -273,7 +279,7 @@ class Worker:
                 "status_code": attempt.status_code,
                 "duration_ms": round(attempt.duration_ms, 3),
                 "next": transition.status,
-                "detail": redact(attempt.detail or "", known) or None,
+                "detail": detail,
             },
         )
 

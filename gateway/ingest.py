@@ -78,20 +78,22 @@ class Ingest:
         outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
         self.metrics.webhooks.labels(source_name, webhook.provider_event_type, outcome).inc()
         sinks = [] if stored.duplicate else [target.sink for target in targets]
-        logger.log(
-            logging.WARNING if outcome == "unmapped" else logging.INFO,
-            f"webhook {outcome}",
-            extra={
-                "source": source_name,
-                "outcome": outcome,
-                "event_id": stored.event_id,
-                "provider_event_id": webhook.provider_event_id,
-                "provider_event_type": webhook.provider_event_type,
-                "provider_delivery_id": webhook.provider_delivery_id,
-                "sinks": sinks,
-                "duration_ms": round((time.perf_counter() - began) * 1000, 3),
-            },
-        )
+        level = logging.WARNING if outcome == "unmapped" else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                f"webhook {outcome}",
+                extra={
+                    "source": source_name,
+                    "outcome": outcome,
+                    "event_id": stored.event_id,
+                    "provider_event_id": webhook.provider_event_id,
+                    "provider_event_type": webhook.provider_event_type,
+                    "provider_delivery_id": webhook.provider_delivery_id,
+                    "sinks": sinks,
+                    "duration_ms": round((time.perf_counter() - began) * 1000, 3),
+                },
+            )
         if stored.duplicate:
             return Acknowledgement(200, {"status": "duplicate", "event_id": stored.event_id})
         if event is None:
