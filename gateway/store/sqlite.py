@@ -6,13 +6,15 @@ file through SQLite's own locking.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -208,11 +210,14 @@ GROUP BY sink
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
 
 R = TypeVar("R")
+BUSY_TIMEOUT = 10.0
+"""Seconds a write waits for another process's by default, before the store reports the database locked."""
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
         self._one_at_a_time = anyio.CapacityLimiter(1)
         self._pending: list[_Write] = []
@@ -228,8 +233,11 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout, factory=_Connection
+        )
         try:
+            connection.open_writer_lock(Path(f"{self.path}-writer.lock"), self.busy_timeout)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
@@ -518,6 +526,46 @@ class SQLiteStore:
         return await anyio.to_thread.run_sync(guarded, limiter=self._one_at_a_time)
 
 
+class _Connection(sqlite3.Connection):
+    """A connection whose write transactions take a lock file first, shared by every gateway process on the database.
+
+    A process waiting for another's write (a separate worker beside `serve`, a CLI command) then starts within half
+    a millisecond of that commit; SQLite's own busy handler sleeps in steps of up to 100 ms, which is what a
+    webhook waiting on the lock would feel.
+    """
+
+    _writer_lock: BinaryIO | None = None
+    _busy_timeout = BUSY_TIMEOUT
+
+    def open_writer_lock(self, path: Path, busy_timeout: float) -> None:
+        self._writer_lock = path.open("ab")
+        self._busy_timeout = busy_timeout
+
+    def lock_writers(self) -> None:
+        if self._writer_lock is None:
+            return
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                fcntl.flock(self._writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError(
+                        f"database is locked: another process has been writing for {self._busy_timeout:g}s"
+                    ) from None
+                time.sleep(0.0005)
+
+    def unlock_writers(self) -> None:
+        if self._writer_lock is not None:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        super().close()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
+
+
 class _transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (the connection is in autocommit mode); inside a
     transaction already begun (a group commit), it leaves commit and rollback to whoever began it."""
@@ -527,14 +575,32 @@ class _transaction:
         self.began = False
 
     def __enter__(self) -> None:
-        if not self.db.in_transaction:
+        if self.db.in_transaction:
+            return
+        self._lock()
+        try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.began = True
+        except BaseException:
+            self._unlock()
+            raise
+        self.began = True
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        if not self.began or not self.db.in_transaction:
+        if not self.began:
             return
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        try:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self._unlock()
+
+    def _lock(self) -> None:
+        if isinstance(self.db, _Connection):
+            self.db.lock_writers()
+
+    def _unlock(self) -> None:
+        if isinstance(self.db, _Connection):
+            self.db.unlock_writers()
 
 
 class _Write:

@@ -1,13 +1,17 @@
-"""What only the SQLite store does: WAL with full sync, its schema version, its file."""
+"""What only the SQLite store does: WAL with full sync, its schema version, its file, its lock between processes."""
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 
 from gateway.exceptions import StorageError
+from gateway.routing import Target
+from gateway.store.base import EventRecord
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -33,3 +37,54 @@ async def test_an_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StorageError):
         await SQLiteStore(tmp_path / "file" / "g.db").open()
+
+
+def _event(number: int) -> EventRecord:
+    return EventRecord(
+        id=f"event-{number}",
+        source="moncreneau",
+        provider_event_id=f"evt_{number}",
+        provider_event_type="appointment.created",
+        provider_delivery_id=None,
+        type="appointment.created",
+        occurred_at=1.0,
+        received_at=1.0,
+        ordering_key=None,
+        canonical="{}",
+        raw_body=b"{}",
+        headers={},
+    )
+
+
+async def test_a_write_waits_for_another_process_writing_then_goes_through(tmp_path: Path) -> None:
+    """Every process on the file takes its lock file before writing (a waiter starts as soon as it is released)."""
+    store = SQLiteStore(tmp_path / "g.db")
+    await store.open()
+    with (tmp_path / "g.db-writer.lock").open("ab") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        stored: list[str] = []
+
+        async def ingest() -> None:
+            stored.append((await store.ingest(_event(1), [Target("crm")])).event_id)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ingest)
+            await anyio.sleep(0.2)
+            waited = not stored
+            fcntl.flock(other_process, fcntl.LOCK_UN)
+    assert waited, "the write did not wait for the lock"
+    assert stored == ["event-1"]
+    assert await store.count_events() == 1
+    await store.close()
+
+
+async def test_a_write_blocked_past_the_busy_timeout_is_a_storage_error_and_stores_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db", busy_timeout=0.1)
+    await store.open()
+    with (tmp_path / "g.db-writer.lock").open("ab") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        with pytest.raises(StorageError, match="database is locked"):
+            await store.ingest(_event(1), [Target("crm")])
+    await store.ingest(_event(2), [Target("crm")])  # released: the store writes again
+    assert await store.count_events() == 1
+    await store.close()
