@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -154,7 +155,7 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
                     return
 
     try:
-        anyio.run(work)
+        anyio.run(work, backend_options={"use_uvloop": importlib.util.find_spec("uvloop") is not None})
     except StorageError as error:
         print(f"storage: {error}", file=sys.stderr)
         return 1
