@@ -1,8 +1,17 @@
 -- Cycles through pre-signed webhook requests (one per line: path, header name, signature, JSON body; tab-separated).
 -- Arguments: the requests file, and the number of wrk threads (each thread starts in its own slice).
+-- With BENCH_PACE_MS set, each connection waits that long on average between its requests: a paced load at about
+-- connections * 1000 / BENCH_PACE_MS requests per second instead of as many as the server can take.
 local requests = {}
 local index = 0
 local threads_started = 0
+
+local pace = tonumber(os.getenv("BENCH_PACE_MS") or "")
+if pace then
+  function delay()
+    return math.random(0, 2 * pace)
+  end
+end
 
 function setup(thread)
   threads_started = threads_started + 1

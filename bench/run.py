@@ -1,6 +1,12 @@
 """Benchmark: the gateway's durable ingest and delivery against a bare uvicorn app, under the same wrk load.
 
     python bench/run.py [--connections 64] [--duration 10] [--mode unique|duplicates|yappointment]
+                        [--rate N] [--separate-worker] [--profile]
+
+Loads with the same connections: a bare uvicorn app on the gateway's HTTP stack (the baseline; plain h11 uvicorn
+is measured too), then the gateway flat out (as many requests as it takes), then the gateway paced at the rate its
+delivery kept up with in the flat-out load (or --rate): the latency a provider sees when the gateway is not
+saturated, and whether the backlog stays flat.
 
 Needs wrk (Debian package `wrk`). Prints a table; absolute figures depend on the machine, the ratio to the
 baseline measured in the same run is what to compare.
@@ -12,12 +18,15 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,13 +47,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_requests(path: Path, mode: str, count: int) -> None:
-    """Signed requests, one per line; `duplicates` repeats each event ten times."""
+def write_requests(path: Path, mode: str, count: int, first: int = 0) -> None:
+    """Signed requests for events numbered from `first`, one per line; `duplicates` repeats each event ten times."""
     moncreneau = load_samples("moncreneau.json")["appointment.created"]
     booking = load_samples("yappointment.json")["booking.created"]
     with path.open("w") as out:
         for n in range(count):
-            number = n // 10 if mode == "duplicates" else n
+            number = first + (n // 10 if mode == "duplicates" else n)
             if mode == "yappointment":
                 booking["id"], booking["data"]["id"] = f"evt_{number}", f"bkg_{number}"
                 raw = json.dumps(booking, separators=(",", ":"))
@@ -77,28 +86,32 @@ def start_receiver(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     return start(command, port, work / "receiver.log"), port
 
 
-def wrk(url: str, requests: Path, connections: int, duration: int, threads: int = 2) -> dict[str, float]:
+def bare_uvicorn(work: Path, requests: Path, connections: int, duration: int, *stack: str) -> dict[str, float]:
+    """The baseline: wrk against bench/bare.py on uvicorn, with the gateway's HTTP stack unless `stack` says."""
+    port = free_port()
+    command = [PYTHON, "-m", "uvicorn", "bench.bare:app", "--port", str(port), "--log-level", "warning", *stack]
+    bare = start(command, port, work / "bare.log")
+    try:
+        return wrk(f"http://127.0.0.1:{port}", requests, connections, duration)
+    finally:
+        bare.terminate()
+        bare.wait()
+
+
+def wrk(url: str, requests: Path, connections: int, duration: int, pace_ms: int | None = None) -> dict[str, float]:
+    """One wrk run; with `pace_ms`, each connection waits that long on average between requests (bench/post.lua)."""
+    threads = 2
     script = ROOT / "bench" / "post.lua"
+    env = {**os.environ, "BENCH_PACE_MS": str(pace_ms)} if pace_ms else None
     output = subprocess.run(
         [
-            "wrk",
-            "-t",
-            str(threads),
-            "-c",
-            str(connections),
-            "-d",
-            f"{duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-            "--",
-            str(requests),
-            str(threads),
+            *("wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency"),
+            *("-s", str(script), url, "--", str(requests), str(threads)),
         ],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
 
     def milliseconds(label: str) -> float:
@@ -121,20 +134,104 @@ def wrk(url: str, requests: Path, connections: int, duration: int, threads: int 
     }
 
 
-def accepted(metrics_url: str) -> int:
-    """Events the gateway says it accepted (its Prometheus counter), whatever wrk managed to count."""
-    total = 0.0
+def scrape(metrics_url: str) -> tuple[int, int]:
+    """(events accepted, deliveries pending) from the gateway's Prometheus exposition."""
+    accepted = pending = 0.0
     for line in httpx.get(metrics_url).text.splitlines():
         if line.startswith("gateway_webhooks_total{") and 'outcome="accepted"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+            accepted += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gateway_queue_depth{"):
+            pending += float(line.rsplit(" ", 1)[1])
+    return int(accepted), int(pending)
 
 
-def peak_rss_mib(pid: int) -> float:
+class Backlog(threading.Thread):
+    """Reads the gateway's pending deliveries every second while a load runs: a backlog that keeps growing means
+    delivery does not keep up with ingest."""
+
+    def __init__(self, metrics_url: str) -> None:
+        super().__init__(daemon=True)
+        self.metrics_url = metrics_url
+        self.readings: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            self.readings.append((time.monotonic(), scrape(self.metrics_url)[1]))
+
+    def growth(self) -> float:
+        """Pending deliveries gained per second over the second half of the load (negative: shrinking)."""
+        half = self.readings[len(self.readings) // 2 :]
+        if len(half) < 2:
+            return float("nan")
+        (t0, n0), (t1, n1) = half[0], half[-1]
+        return (n1 - n0) / (t1 - t0)
+
+
+def profile(process: subprocess.Popen[bytes], svg: Path, seconds: int) -> subprocess.Popen[bytes]:
+    """py-spy (`pip install py-spy`; needs ptrace rights) sampling a process for `seconds`, into a flame graph."""
+    py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+    command = [py_spy, "record", "--pid", str(process.pid), "--duration", str(seconds), "--output", str(svg)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """A process's peak (VmHWM) or current (VmRSS) resident memory."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+@dataclass
+class Phase:
+    """One wrk load on the gateway and what came of it, counted from the gateway's and the receiver's side."""
+
+    load: dict[str, float]
+    accepted: int
+    delivered_during_load: int
+    seconds: float
+    backlog_growth: float
+    drain_seconds: float
+    cpu_ms_per_event: float
+
+
+def gateway_phase(
+    processes: list[subprocess.Popen[bytes]],
+    gateway_url: str,
+    receiver_url: str,
+    requests: Path,
+    connections: int,
+    duration: int,
+    pace_ms: int | None = None,
+) -> Phase:
+    cpu_before = sum(cpu_seconds(process.pid) for process in processes)
+    accepted_before, _ = scrape(f"{gateway_url}/metrics")
+    delivered_before = httpx.get(f"{receiver_url}/count").json()["distinct"]
+    backlog = Backlog(f"{gateway_url}/metrics")
+    backlog.start()
+    began = time.monotonic()
+    load = wrk(gateway_url, requests, connections, duration, pace_ms)
+    ended = time.monotonic()
+    backlog.stopped.set()
+    backlog.join()
+    accepted = scrape(f"{gateway_url}/metrics")[0] - accepted_before
+    delivered_during_load = httpx.get(f"{receiver_url}/count").json()["distinct"] - delivered_before
+    delivered = delivered_during_load
+    while delivered < accepted and time.monotonic() - ended < 600:
+        time.sleep(0.2)
+        delivered = httpx.get(f"{receiver_url}/count").json()["distinct"] - delivered_before
+    if delivered < accepted:
+        raise RuntimeError(f"{accepted - delivered} accepted events were not delivered within 10 minutes")
+    drained = time.monotonic() - ended
+    cpu_ms = (sum(cpu_seconds(process.pid) for process in processes) - cpu_before) * 1000 / accepted
+    return Phase(load, accepted, delivered_during_load, ended - began, backlog.growth(), drained, cpu_ms)
 
 
 def main() -> int:
@@ -142,24 +239,30 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--mode", choices=["unique", "duplicates", "yappointment"], default="unique")
-    parser.add_argument("--events", type=int, default=60_000, help="pre-signed requests to cycle through")
+    parser.add_argument("--events", type=int, default=60_000, help="pre-signed requests per load to cycle through")
+    parser.add_argument(
+        "--separate-worker",
+        action="store_true",
+        help="deliver from an `appointment-gateway worker` process beside `serve --no-worker`",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the `serve` process with py-spy during the flat-out load (flame graph in the files' directory)",
+    )
+    parser.add_argument(
+        "--rate", type=int, help="requests/s of the paced load (default: the delivery rate the saturating load saw)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    requests = work / "requests.tsv"
-    write_requests(requests, args.mode, args.events)
-    print(f"mode {args.mode}, {args.connections} connections, {args.duration}s, {args.events} pre-signed requests")
+    saturating, paced = work / "saturating.tsv", work / "paced.tsv"
+    write_requests(saturating, args.mode, args.events)
+    write_requests(paced, args.mode, args.events, first=args.events)
+    topology = "serve --no-worker + worker" if args.separate_worker else "serve (worker inside)"
+    print(f"mode {args.mode}, {args.connections} connections, {args.duration}s per load, {topology}")
 
-    bare_port = free_port()
-    bare = start(
-        [PYTHON, "-m", "uvicorn", "bench.bare:app", "--port", str(bare_port), "--log-level", "warning"],
-        bare_port,
-        work / "bare.log",
-    )
-    try:
-        baseline = wrk(f"http://127.0.0.1:{bare_port}", requests, args.connections, args.duration)
-    finally:
-        bare.terminate()
-        bare.wait()
+    baseline = bare_uvicorn(work, saturating, args.connections, args.duration)
+    plain = bare_uvicorn(work, saturating, args.connections, args.duration, "--http", "h11", "--loop", "asyncio")
 
     receiver, receiver_port = start_receiver(work)
     gateway_port = free_port()
@@ -168,6 +271,7 @@ def main() -> int:
         f"""
 server: {{port: {gateway_port}, max_body_bytes: 65536}}
 storage: {{url: "sqlite:///{work}/gateway.db"}}
+worker: {{poll_interval: 200ms}}  # a separate worker polls (SQLite cannot notify another process)
 logging: {{level: WARNING}}
 sources:
   moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}
@@ -178,47 +282,54 @@ routes:
   - sinks: [crm]
 """
     )
-    gateway = start(
-        [PYTHON, "-m", "gateway", "-c", str(config), "serve"],
-        gateway_port,
-        work / "gateway.log",
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [PYTHON, "-m", "gateway", "-c", str(config)]
+    serve = [*command, "serve", *(["--no-worker"] if args.separate_worker else [])]
+    processes = [start(serve, gateway_port, work / "gateway.log", env=environment)]
+    if args.separate_worker:
+        log = (work / "worker.log").open("wb")
+        processes.append(subprocess.Popen([*command, "worker"], stdout=log, stderr=subprocess.STDOUT, env=environment))
+    gateway_url, receiver_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{receiver_port}"
     try:
-        began = time.monotonic()
-        load = wrk(f"http://127.0.0.1:{gateway_port}", requests, args.connections, args.duration)
-        load_ended = time.monotonic()
-        accepted_events = accepted(f"http://127.0.0.1:{gateway_port}/metrics")
-        delivered = 0
-        while time.monotonic() - load_ended < 600:
-            delivered = httpx.get(f"http://127.0.0.1:{receiver_port}/count").json()["distinct"]
-            if delivered >= accepted_events:
-                break
-            time.sleep(0.2)
-        drained = time.monotonic()
-        rss = peak_rss_mib(gateway.pid)
+        profiler = profile(processes[0], work / "flat-out.svg", args.duration) if args.profile else None
+        flat_out = gateway_phase(processes, gateway_url, receiver_url, saturating, args.connections, args.duration)
+        if profiler is not None:
+            profiler.wait()
+        rate = args.rate or max(1, round(flat_out.delivered_during_load / flat_out.seconds))
+        pace_ms = max(1, round(args.connections * 1000 / rate))
+        steady = gateway_phase(processes, gateway_url, receiver_url, paced, args.connections, args.duration, pace_ms)
+        rss = sum(rss_mib(process.pid) for process in processes)
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
         receiver.terminate()
         receiver.wait()
 
+    phases = (flat_out, steady)
     rows = [
-        ("accepted requests/s", f"{baseline['rps']:.0f}", f"{load['rps']:.0f}", f"{load['rps'] / baseline['rps']:.2f}"),
-        ("ack latency p50 (ms)", f"{baseline['p50']:.2f}", f"{load['p50']:.2f}", ""),
-        ("ack latency p99 (ms)", f"{baseline['p99']:.2f}", f"{load['p99']:.2f}", ""),
-        ("non-2xx responses", str(baseline["non_2xx"]), str(load["non_2xx"]), ""),
-        ("socket errors", str(baseline["socket_errors"]), str(load["socket_errors"]), ""),
-        ("events accepted (stored)", "", str(accepted_events), ""),
-        ("distinct events delivered", "", str(delivered), ""),
-        ("end-to-end delivered/s", "", f"{delivered / (drained - began):.0f}", ""),
-        ("drain after load ends (s)", "", f"{drained - load_ended:.1f}", ""),
-        ("gateway peak RSS (MiB)", "", f"{rss:.0f}", ""),
+        ("accepted requests/s", f"{baseline['rps']:.0f}", *(f"{p.load['rps']:.0f}" for p in phases)),
+        ("  ratio to the baseline", "1.00", *(f"{p.load['rps'] / baseline['rps']:.2f}" for p in phases)),
+        ("ack latency p50 (ms)", f"{baseline['p50']:.2f}", *(f"{p.load['p50']:.2f}" for p in phases)),
+        ("ack latency p99 (ms)", f"{baseline['p99']:.2f}", *(f"{p.load['p99']:.2f}" for p in phases)),
+        ("non-2xx responses", f"{baseline['non_2xx']:.0f}", *(f"{p.load['non_2xx']:.0f}" for p in phases)),
+        ("socket errors", f"{baseline['socket_errors']:.0f}", *(f"{p.load['socket_errors']:.0f}" for p in phases)),
+        ("events accepted (stored)", "", *(str(p.accepted) for p in phases)),
+        ("delivered/s during the load", "", *(f"{p.delivered_during_load / p.seconds:.0f}" for p in phases)),
+        ("backlog growth, 2nd half (/s)", "", *(f"{p.backlog_growth:+.0f}" for p in phases)),
+        ("drain after the load (s)", "", *(f"{p.drain_seconds:.1f}" for p in phases)),
+        ("gateway CPU per event (ms)", "", *(f"{p.cpu_ms_per_event:.2f}" for p in phases)),
     ]
     width = max(len(row[0]) for row in rows)
-    print(f"{'':{width}}  {'bare uvicorn':>14}  {'gateway':>16}  {'ratio':>6}")
-    for label, bare_value, gateway_value, ratio in rows:
-        print(f"{label:{width}}  {bare_value:>14}  {gateway_value:>16}  {ratio:>6}")
+    heading = ("bare uvicorn", "gateway, flat out", f"gateway, paced {rate}/s")
+    print(f"{'':{width}}  {heading[0]:>14}  {heading[1]:>18}  {heading[2]:>22}")
+    for label, *values in rows:
+        print(f"{label:{width}}  {values[0]:>14}  {values[1]:>18}  {values[2]:>22}")
+    print(
+        f"plain uvicorn (h11 parser, asyncio loop) under the same load: {plain['rps']:.0f} requests/s;"
+        f" the gateway flat out is {flat_out.load['rps'] / plain['rps']:.2f} of that"
+    )
+    print(f"gateway peak RSS: {rss:.0f} MiB (all its processes); every accepted event reached the receiver")
     print(f"(files in {work})")
     return 0
 
