@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+import sys
+import textwrap
 from pathlib import Path
 
 import anyio
@@ -87,4 +89,34 @@ async def test_a_write_blocked_past_the_busy_timeout_is_a_storage_error_and_stor
             await store.ingest(_event(1), [Target("crm")])
     await store.ingest(_event(2), [Target("crm")])  # released: the store writes again
     assert await store.count_events() == 1
+    await store.close()
+
+
+async def test_a_process_killed_in_the_middle_of_a_write_leaves_neither_lock_nor_half_a_write(tmp_path: Path) -> None:
+    database = tmp_path / "g.db"
+    store = SQLiteStore(database, busy_timeout=5.0)
+    await store.open()
+    writer = textwrap.dedent(
+        f"""
+        import sqlite3, sys, time
+        from gateway.store.sqlite import _Connection, _transaction
+        db = sqlite3.connect({str(database)!r}, isolation_level=None, factory=_Connection)
+        db.open_writer_lock(__import__("pathlib").Path({str(database)!r} + "-writer.lock"), 5.0)
+        with _transaction(db):
+            db.execute("DELETE FROM events")
+            print("writing", flush=True)
+            time.sleep(60)
+        """
+    )
+    await store.ingest(_event(1), [Target("crm")])
+    async with await anyio.open_process([sys.executable, "-c", writer], stderr=None) as process:
+        assert process.stdout is not None
+        said = b""
+        while not said.endswith(b"\n"):
+            said += await process.stdout.receive()
+        assert said == b"writing\n"
+        process.kill()
+        await process.wait()
+    await store.ingest(_event(2), [Target("crm")])
+    assert await store.count_events() == 2  # the killed transaction's delete never happened
     await store.close()
