@@ -1,12 +1,12 @@
 """Benchmark: the gateway's durable ingest and delivery against a bare uvicorn app, under the same wrk load.
 
     python bench/run.py [--connections 64] [--duration 10] [--mode unique|duplicates|yappointment]
-                        [--rate N] [--separate-worker] [--profile]
+                        [--probes 4 | --rate N] [--separate-worker] [--profile]
 
 Loads with the same connections: a bare uvicorn app on the gateway's HTTP stack (the baseline; plain h11 uvicorn
-is measured too), then the gateway flat out (as many requests as it takes), then the gateway paced at the rate its
-delivery kept up with in the flat-out load (or --rate): the latency a provider sees when the gateway is not
-saturated, and whether the backlog stays flat.
+is measured too), then the gateway flat out (as many requests as it takes), then paced loads searching the highest
+rate at which delivery keeps up (the backlog stays flat): the latency a provider sees at the rate the gateway can
+sustain. Pacing is wrk's per-connection delay, so a probe's achieved rate is below its target by the latency.
 
 Needs wrk (Debian package `wrk`). Prints a table; absolute figures depend on the machine, the ratio to the
 baseline measured in the same run is what to compare.
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -201,37 +201,45 @@ class Phase:
     backlog_growth: float
     drain_seconds: float
     cpu_ms_per_request: float
+    sustained: bool = False
+
+    @property
+    def events_per_second(self) -> float:
+        return self.accepted / self.seconds
 
 
-def gateway_phase(
-    processes: list[subprocess.Popen[bytes]],
-    gateway_url: str,
-    receiver_url: str,
-    requests: Path,
-    connections: int,
-    duration: int,
-    pace_ms: int | None = None,
-) -> Phase:
-    cpu_before = sum(cpu_seconds(process.pid) for process in processes)
-    accepted_before, _ = scrape(f"{gateway_url}/metrics")
-    delivered_before = httpx.get(f"{receiver_url}/count").json()["distinct"]
-    backlog = Backlog(f"{gateway_url}/metrics")
+@dataclass(frozen=True)
+class Gateway:
+    """The gateway's processes under test, where it and its receiver listen, and the load's shape."""
+
+    processes: list[subprocess.Popen[bytes]]
+    url: str
+    receiver_url: str
+    connections: int
+    duration: int
+
+
+def gateway_phase(gateway: Gateway, requests: Path, pace_ms: int | None = None) -> Phase:
+    cpu_before = sum(cpu_seconds(process.pid) for process in gateway.processes)
+    accepted_before, _ = scrape(f"{gateway.url}/metrics")
+    delivered_before = httpx.get(f"{gateway.receiver_url}/count").json()["distinct"]
+    backlog = Backlog(f"{gateway.url}/metrics")
     backlog.start()
     began = time.monotonic()
-    load = wrk(gateway_url, requests, connections, duration, pace_ms)
+    load = wrk(gateway.url, requests, gateway.connections, gateway.duration, pace_ms)
     ended = time.monotonic()
     backlog.stopped.set()
     backlog.join()
-    accepted = scrape(f"{gateway_url}/metrics")[0] - accepted_before
-    delivered_during_load = httpx.get(f"{receiver_url}/count").json()["distinct"] - delivered_before
+    accepted = scrape(f"{gateway.url}/metrics")[0] - accepted_before
+    delivered_during_load = httpx.get(f"{gateway.receiver_url}/count").json()["distinct"] - delivered_before
     delivered = delivered_during_load
     while delivered < accepted and time.monotonic() - ended < 600:
         time.sleep(0.2)
-        delivered = httpx.get(f"{receiver_url}/count").json()["distinct"] - delivered_before
+        delivered = httpx.get(f"{gateway.receiver_url}/count").json()["distinct"] - delivered_before
     if delivered < accepted:
         raise RuntimeError(f"{accepted - delivered} accepted events were not delivered within 10 minutes")
     drained = time.monotonic() - ended
-    cpu_ms = (sum(cpu_seconds(process.pid) for process in processes) - cpu_before) * 1000 / load["requests"]
+    cpu_ms = (sum(cpu_seconds(process.pid) for process in gateway.processes) - cpu_before) * 1000 / load["requests"]
     return Phase(load, accepted, delivered_during_load, ended - began, backlog.growth(), drained, cpu_ms)
 
 
@@ -251,14 +259,14 @@ def main() -> int:
         action="store_true",
         help="record the `serve` process with py-spy during the flat-out load (flame graph in the files' directory)",
     )
+    parser.add_argument("--rate", type=int, help="one paced load at this many requests/s instead of the search")
     parser.add_argument(
-        "--rate", type=int, help="requests/s of the paced load (default: the delivery rate the saturating load saw)"
+        "--probes", type=int, default=4, help="paced loads searching the highest rate with a flat backlog"
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    saturating, paced = work / "saturating.tsv", work / "paced.tsv"
+    saturating = work / "saturating.tsv"
     write_requests(saturating, args.mode, args.events)
-    write_requests(paced, args.mode, args.events, first=args.events)
     topology = "serve --no-worker + worker" if args.separate_worker else "serve (worker inside)"
     print(f"mode {args.mode}, {args.connections} connections, {args.duration}s per load, {topology}")
 
@@ -290,16 +298,42 @@ routes:
     if args.separate_worker:
         log = (work / "worker.log").open("wb")
         processes.append(subprocess.Popen([*command, "worker"], stdout=log, stderr=subprocess.STDOUT, env=environment))
-    gateway_url, receiver_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{receiver_port}"
+    gateway = Gateway(
+        processes,
+        f"http://127.0.0.1:{gateway_port}",
+        f"http://127.0.0.1:{receiver_port}",
+        args.connections,
+        args.duration,
+    )
     try:
         profiler = profile(processes[0], work / "flat-out.svg", args.duration) if args.profile else None
-        flat_out = gateway_phase(processes, gateway_url, receiver_url, saturating, args.connections, args.duration)
+        flat_out = gateway_phase(gateway, saturating)
         if profiler is not None:
             profiler.wait()
         requests_per_event = flat_out.load["requests"] / max(1, flat_out.accepted)  # 10 with --mode duplicates
-        rate = args.rate or max(1, round(flat_out.delivered_during_load / flat_out.seconds * requests_per_event))
-        pace_ms = max(1, round(args.connections * 1000 / rate))
-        steady = gateway_phase(processes, gateway_url, receiver_url, paced, args.connections, args.duration, pace_ms)
+
+        def paced(number: int, rate: float) -> Phase:
+            requests = work / f"paced-{number}.tsv"
+            write_requests(requests, args.mode, args.events, first=(number + 1) * args.events)
+            pace_ms = max(1, round(args.connections * 1000 / rate))
+            phase = gateway_phase(gateway, requests, pace_ms)
+            flat = phase.load["non_2xx"] == 0 and phase.backlog_growth <= max(5.0, 0.02 * phase.events_per_second)
+            print(
+                f"paced for {rate:.0f} requests/s: {phase.load['rps']:.0f}/s, p99 {phase.load['p99']:.1f} ms,"
+                f" backlog {phase.backlog_growth:+.0f}/s: {'sustained' if flat else 'not sustained'}"
+            )
+            return replace(phase, sustained=flat)
+
+        # Start at the rate delivery kept up with flat out, then bisect between the highest rate that kept the
+        # backlog flat and the lowest that did not (at first, the flat-out rate).
+        good, bad = 0.0, flat_out.load["rps"]
+        probes = []
+        for number in range(1 if args.rate else args.probes):
+            first = flat_out.delivered_during_load / flat_out.seconds * requests_per_event
+            rate = args.rate or (first if number == 0 else (good + bad) / 2)
+            probes.append(probe := paced(number, rate))
+            good, bad = (rate, bad) if probe.sustained else (good, rate)
+        steady = max(probes, key=lambda probe: (probe.sustained, probe.load["rps"]))
         rss = sum(rss_mib(process.pid) for process in processes)
     finally:
         for process in processes:
@@ -323,7 +357,7 @@ routes:
         ("gateway CPU per request (ms)", "", *(f"{p.cpu_ms_per_request:.2f}" for p in phases)),
     ]
     width = max(len(row[0]) for row in rows)
-    heading = ("bare uvicorn", "gateway, flat out", f"gateway, paced {rate}/s")
+    heading = ("bare uvicorn", "gateway, flat out", "paced, sustained" if steady.sustained else "paced, NOT sustained")
     print(f"{'':{width}}  {heading[0]:>14}  {heading[1]:>18}  {heading[2]:>22}")
     for label, *values in rows:
         print(f"{label:{width}}  {values[0]:>14}  {values[1]:>18}  {values[2]:>22}")
