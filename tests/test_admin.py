@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,13 +27,13 @@ async def crm() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def gateway(write_config: Callable[[str], Config], crm: Receiver) -> AsyncIterator[Running]:
+async def gateway(write_config: Callable[[str], Config], crm: Receiver, tmp_path: Path) -> AsyncIterator[Running]:
     config = write_config(
         f"""
         admin: {{token: {TOKEN}}}
         sinks:
           crm: {{type: http, options: {{url: "{crm.url}"}}, retry: {{schedule: [1m], max_attempts: 2}}}}
-          journal: {{type: file, options: {{path: "{crm.url.replace(":", "_").replace("/", "_")}.jsonl"}}}}
+          journal: {{type: file, options: {{path: "{tmp_path / "journal.jsonl"}"}}}}
         routes:
           - sinks: [crm]
           - sources: [moncreneau]
