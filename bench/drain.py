@@ -135,7 +135,6 @@ def main() -> int:
         config.write_text(
             f"""
 storage: {{url: "sqlite:///{work}/gateway.db"}}
-worker: {{poll_interval: 100ms}}
 logging: {{level: WARNING}}
 sources:
   moncreneau: {{type: moncreneau, secrets: [bench-secret]}}

@@ -280,7 +280,6 @@ def main() -> int:
         f"""
 server: {{port: {gateway_port}, max_body_bytes: 65536}}
 storage: {{url: "sqlite:///{work}/gateway.db"}}
-worker: {{poll_interval: 200ms}}  # a separate worker polls (SQLite cannot notify another process)
 logging: {{level: WARNING}}
 sources:
   moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}

@@ -54,10 +54,10 @@ routes:
 
 
 @contextmanager
-def gateway(config: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def gateway(config: Path, port: int, log: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "-c", str(config), "serve"],
+            [sys.executable, "-m", "gateway", "-c", str(config), "serve", *options],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

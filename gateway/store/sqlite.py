@@ -33,6 +33,7 @@ from gateway.store.base import (
     SinkStats,
     Transition,
 )
+from gateway.store.doorbell import Doorbell
 from gateway.store.queries import (
     DeadLetterQuery,
     EventQuery,
@@ -218,6 +219,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
+        self._doorbell = Doorbell(self.path)
         self._connection: sqlite3.Connection | None = None
         self._one_at_a_time = anyio.CapacityLimiter(1)
         self._pending: list[_Write] = []
@@ -259,11 +261,12 @@ class SQLiteStore:
         return []
 
     async def watch(self, wake: Callable[[Iterable[str] | None], None]) -> None:
-        """SQLite cannot tell other processes about new rows: in-process ingest wakes the worker directly, and a
-        separate worker process polls."""
-        await anyio.sleep_forever()
+        """Wake-ups from other processes' commits, through the doorbell beside the file (in-process ingest wakes
+        the worker directly)."""
+        await self._doorbell.listen(wake)
 
     async def close(self) -> None:
+        self._doorbell.close()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._one_at_a_time)
@@ -295,7 +298,10 @@ class SQLiteStore:
                 )
                 return Ingested(event_id=event.id, duplicate=False)
 
-        return await self._write(ingest)
+        ingested = await self._write(ingest)
+        if targets and not ingested.duplicate:
+            self._doorbell.ring(target.sink for target in targets)
+        return ingested
 
     async def claim(
         self, sink: str, *, limit: int, now: float, owner: str, lease_until: float
@@ -457,7 +463,10 @@ class SQLiteStore:
             with _transaction(db):
                 return [row[0] for row in db.execute(REQUEUE.format(where=where.sql), [now, *where.parameters])]
 
-        return await self._run(requeue)
+        requeued = await self._run(requeue)
+        if requeued:
+            self._doorbell.ring(None)
+        return requeued
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         def get(db: sqlite3.Connection) -> EventRecord | None:

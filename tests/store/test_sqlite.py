@@ -13,8 +13,8 @@ import pytest
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.base import EventRecord
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.store.test_contract import record
 
 pytestmark = pytest.mark.anyio
 
@@ -41,23 +41,6 @@ async def test_an_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
         await SQLiteStore(tmp_path / "file" / "g.db").open()
 
 
-def _event(number: int) -> EventRecord:
-    return EventRecord(
-        id=f"event-{number}",
-        source="moncreneau",
-        provider_event_id=f"evt_{number}",
-        provider_event_type="appointment.created",
-        provider_delivery_id=None,
-        type="appointment.created",
-        occurred_at=1.0,
-        received_at=1.0,
-        ordering_key=None,
-        canonical="{}",
-        raw_body=b"{}",
-        headers={},
-    )
-
-
 async def test_a_write_waits_for_another_process_writing_then_goes_through(tmp_path: Path) -> None:
     """Every process on the file takes its lock file before writing (a waiter starts as soon as it is released)."""
     store = SQLiteStore(tmp_path / "g.db")
@@ -67,7 +50,7 @@ async def test_a_write_waits_for_another_process_writing_then_goes_through(tmp_p
         stored: list[str] = []
 
         async def ingest() -> None:
-            stored.append((await store.ingest(_event(1), [Target("crm")])).event_id)
+            stored.append((await store.ingest(record("evt_1", id="event-1"), [Target("crm")])).event_id)
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(ingest)
@@ -86,8 +69,8 @@ async def test_a_write_blocked_past_the_busy_timeout_is_a_storage_error_and_stor
     with (tmp_path / "g.db-writer.lock").open("ab") as other_process:
         fcntl.flock(other_process, fcntl.LOCK_EX)
         with pytest.raises(StorageError, match="database is locked"):
-            await store.ingest(_event(1), [Target("crm")])
-    await store.ingest(_event(2), [Target("crm")])  # released: the store writes again
+            await store.ingest(record("evt_1", id="event-1"), [Target("crm")])
+    await store.ingest(record("evt_2", id="event-2"), [Target("crm")])  # released: the store writes again
     assert await store.count_events() == 1
     await store.close()
 
@@ -108,7 +91,7 @@ async def test_a_process_killed_in_the_middle_of_a_write_leaves_neither_lock_nor
             time.sleep(60)
         """
     )
-    await store.ingest(_event(1), [Target("crm")])
+    await store.ingest(record("evt_1", id="event-1"), [Target("crm")])
     async with await anyio.open_process([sys.executable, "-c", writer], stderr=None) as process:
         assert process.stdout is not None
         said = b""
@@ -117,6 +100,6 @@ async def test_a_process_killed_in_the_middle_of_a_write_leaves_neither_lock_nor
         assert said == b"writing\n"
         process.kill()
         await process.wait()
-    await store.ingest(_event(2), [Target("crm")])
+    await store.ingest(record("evt_2", id="event-2"), [Target("crm")])
     assert await store.count_events() == 2  # the killed transaction's delete never happened
     await store.close()
