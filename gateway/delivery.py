@@ -109,7 +109,10 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
-        self._in_flight = dict.fromkeys(self.lanes, 0)
+        self._claimed: dict[str, set[str]] = {name: set() for name in self.lanes}
+        """Per sink, claimed deliveries the sink has not answered yet: up to twice its `concurrency`, so that the
+        next ones are claimed (a commit away) while the first are sent, and start as soon as a slot frees."""
+        self._slots = {name: anyio.Semaphore(lane.concurrency) for name, lane in self.lanes.items()}
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._stop = anyio.Event()
         self.running = False
@@ -144,11 +147,12 @@ class Worker:
             self.finished.set()
 
     async def run_due(self) -> int:
-        """Claim and attempt, once, everything due now on every sink; return how many attempts were made."""
+        """Claim and attempt, once, what is due now on every sink (up to its concurrency); return how many attempts
+        were made."""
         made = 0
         async with anyio.create_task_group() as attempts:
             for lane in self.lanes.values():
-                made += await self._claim(lane, attempts)
+                made += await self._claim(lane, attempts, ahead=False)
         return made
 
     async def _run_lane(self, lane: Lane) -> None:
@@ -162,30 +166,35 @@ class Worker:
                     await wakeup.wait()
             attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
 
-    async def _claim(self, lane: Lane, attempts: TaskGroup) -> int:
-        free = lane.concurrency - self._in_flight[lane.name]
+    async def _claim(self, lane: Lane, attempts: TaskGroup, *, ahead: bool = True) -> int:
+        """Claim what is due, up to the sink's free slots plus (when `ahead`) as many again to wait for them."""
+        free = (2 if ahead else 1) * lane.concurrency - len(self._claimed[lane.name])
         if free <= 0:
             return 0
         now = self.clock.now()
+        # a claimed delivery may wait for one attempt ahead of it to end before its own starts
+        lease_until = now + 2 * lane.timeout + self.lease_margin
         try:
-            claimed = await self.store.claim(
-                lane.name, limit=free, now=now, owner=self.owner, lease_until=now + lane.timeout + self.lease_margin
-            )
+            claimed = await self.store.claim(lane.name, limit=free, now=now, owner=self.owner, lease_until=lease_until)
         except StorageError as error:
             logger.error("cannot claim deliveries for sink %s: %s", lane.name, error)
             return 0
         for delivery in claimed:
-            self._in_flight[lane.name] += 1
+            self._claimed[lane.name].add(delivery.id)
             attempts.start_soon(self._attempt, lane, delivery)
         return len(claimed)
 
     async def _attempt(self, lane: Lane, claimed: ClaimedDelivery) -> None:
+        """Deliver in one of the sink's slots, then record the attempt; the lane claims more as soon as the sink has
+        answered, while the record waits for its commit (the delivery stays leased until then)."""
         number = claimed.attempts + 1
-        started_at = self.clock.now()
-        began = time.perf_counter()
         try:
-            result = await self._deliver(lane, claimed, number)
-            duration_ms = (time.perf_counter() - began) * 1000
+            async with self._slots[lane.name]:
+                started_at = self.clock.now()
+                began = time.perf_counter()
+                result = await self._deliver(lane, claimed, number)
+                duration_ms = (time.perf_counter() - began) * 1000
+            self._answered(lane, claimed.id)
             transition = self._transition(lane, claimed, number, result)
             attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.detail)
             self._log(lane, claimed, attempt, transition)
@@ -206,7 +215,12 @@ class Worker:
                 await self._release(claimed)
             raise
         finally:
-            self._in_flight[lane.name] -= 1
+            self._answered(lane, claimed.id)
+            self.wake([lane.name])  # what waited behind this delivery (same appointment) may be claimable now
+
+    def _answered(self, lane: Lane, delivery_id: str) -> None:
+        if delivery_id in self._claimed[lane.name]:
+            self._claimed[lane.name].remove(delivery_id)
             self.wake([lane.name])
 
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:

@@ -13,6 +13,7 @@ from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Running, running_gateway
 from tests.receiver import Answer, Receiver, receiver
+from tests.test_faults import until
 
 pytestmark = pytest.mark.anyio
 
@@ -192,6 +193,31 @@ async def test_a_slow_sink_delays_neither_a_fast_sink_nor_acknowledgements(
     assert sorted(json.loads(r.body)["provider_event_id"] for r in crm.requests) == [f"evt_{n}" for n in range(6)]
 
 
+async def test_a_lane_claims_ahead_of_its_slots_but_never_sends_more_than_its_concurrency(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    """While the sink holds the first request, the next delivery is already claimed (its claim's commit is not
+    waited for once the slot frees); it is sent only after the first is answered."""
+    release = anyio.Event()
+    crm.default = Answer(hold=release)
+    config = write_config(http_sinks(crm=(crm.url, "concurrency: 1")))
+    async with running_gateway(config, run_worker=True) as gateway:
+        ids = [await accepted(gateway, event(event_id=f"evt_{n}", appointment=n)) for n in range(3)]
+
+        async def one_sent_one_claimed_ahead_one_in_the_store() -> bool:
+            leased = [(await only_delivery(gateway, event_id)).lease_owner is not None for event_id in ids]
+            return leased == [True, True, False]
+
+        with anyio.fail_after(10):
+            await crm.wait_for(1)
+        await until(one_sent_one_claimed_ahead_one_in_the_store, "the second delivery claimed", 10)
+        assert len(crm.requests) == 1
+        release.set()
+        with anyio.fail_after(10):
+            await crm.wait_for(3)
+    assert [json.loads(r.body)["provider_event_id"] for r in crm.requests] == ["evt_0", "evt_1", "evt_2"]
+
+
 async def test_deliveries_of_one_appointment_keep_the_providers_order(
     write_config: Callable[[str], Config], crm: Receiver
 ) -> None:
@@ -274,7 +300,7 @@ async def test_an_attempt_that_cannot_be_recorded_is_delivered_again_never_lost(
         event_id = await accepted(gateway, event())
         assert await gateway.worker.run_due() == 1  # delivered, but the success could not be recorded
         assert (await only_delivery(gateway, event_id)).status == "pending"
-        gateway.clock.advance(40)  # the lease (timeout + margin) runs out
+        gateway.clock.advance(50)  # the lease (twice the timeout, plus the margin) runs out
         assert await gateway.worker.run_due() == 1
         delivery = await only_delivery(gateway, event_id)
     assert (delivery.status, delivery.attempts) == ("succeeded", 1)
