@@ -113,6 +113,8 @@ class Worker:
         """Per sink, claimed deliveries the sink has not answered yet: up to twice its `concurrency`, so that the
         next ones are claimed (a commit away) while the first are sent, and start as soon as a slot frees."""
         self._slots = {name: anyio.Semaphore(lane.concurrency) for name, lane in self.lanes.items()}
+        self._more_due = dict.fromkeys(self.lanes, False)
+        """Per sink, whether its last claim was cut short by the limit (more may be due than it took)."""
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._stop = anyio.Event()
         self.running = False
@@ -179,6 +181,7 @@ class Worker:
         except StorageError as error:
             logger.error("cannot claim deliveries for sink %s: %s", lane.name, error)
             return 0
+        self._more_due[lane.name] = len(claimed) == free
         for delivery in claimed:
             self._claimed[lane.name].add(delivery.id)
             attempts.start_soon(self._attempt, lane, delivery)
@@ -219,9 +222,11 @@ class Worker:
             self.wake([lane.name])  # what waited behind this delivery (same appointment) may be claimable now
 
     def _answered(self, lane: Lane, delivery_id: str) -> None:
+        """The sink answered: room to claim one more, worth a claim only if the last one left some due behind."""
         if delivery_id in self._claimed[lane.name]:
             self._claimed[lane.name].remove(delivery_id)
-            self.wake([lane.name])
+            if self._more_due[lane.name]:
+                self.wake([lane.name])
 
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
         try:
