@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file in WAL mode, every commit synced before a webhook is answered.
 
-Calls run in a worker thread, one at a time on one connection; other processes (a separate `worker`) share the
-file through SQLite's own locking.
+Calls run in a worker thread, one at a time on one connection, writes grouped into shared commits. Other processes
+(a separate `worker`, the CLI) share the file: writers take a lock file in turn, and commits ring the doorbell of
+workers elsewhere (gateway/store/doorbell.py).
 """
 
 from __future__ import annotations
