@@ -1,7 +1,7 @@
 """Drain benchmark: how fast a worker empties a backlog of due deliveries, and whether that rate (and the worker's
 memory) stays flat as the backlog grows.
 
-    python bench/drain.py --backlog 10000 --backlog 100000
+    .venv/bin/python bench/drain.py --backlog 10000 --backlog 1000000
 
 For each size: fill a fresh SQLite store with that many events routed to an http sink (through the store's own
 ingest, in batches), then run `appointment-gateway worker` against a local receiver and time it to empty, from the

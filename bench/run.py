@@ -1,6 +1,6 @@
 """Benchmark: the gateway's durable ingest and delivery against a bare uvicorn app, under the same wrk load.
 
-    python bench/run.py [--connections 64] [--duration 10] [--mode unique|duplicates|yappointment]
+    .venv/bin/python bench/run.py [--connections 64] [--duration 10] [--mode unique|duplicates|yappointment]
                         [--probes 4 | --rate N] [--separate-worker] [--profile]
 
 Loads with the same connections: a bare uvicorn app on the gateway's HTTP stack (the baseline; plain h11 uvicorn
