@@ -163,6 +163,61 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
     assert duplicated <= in_flight
 
 
+async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """`serve --no-worker` and a `worker` sharing the SQLite file (the writer lock, the doorbell); the worker dies
+    mid-load and another takes its leases over."""
+    port, events = free_port(), 600
+    async with receiver() as crm:
+        config = configure(tmp_path, port, crm.url)
+        command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
+        acknowledged: set[str] = set()
+        with gateway(config, port, tmp_path / "serve.log", "--no-worker"), (tmp_path / "worker.log").open("ab") as log:
+            worker = await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT)
+            async with httpx.AsyncClient(timeout=10) as client:
+                limit = anyio.Semaphore(16)
+
+                async def post(n: int) -> None:
+                    raw, headers = signed(n)
+                    async with limit:
+                        response = await client.post(
+                            f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                        )
+                    assert response.status_code == 202
+                    acknowledged.add(f"evt_{n}")
+
+                async def kill_midway() -> None:
+                    await until(lambda: len(crm.requests) >= events // 3, "a third delivered", 60)
+                    worker.kill()
+
+                async with anyio.create_task_group() as load:
+                    load.start_soon(kill_midway)
+                    for n in range(events):
+                        load.start_soon(post, n)
+            await worker.wait()
+            await worker.aclose()
+            with sqlite3.connect(tmp_path / "gateway.db") as db:
+                in_flight = {
+                    row[0]
+                    for row in db.execute(
+                        "SELECT e.provider_event_id FROM deliveries d JOIN events e ON e.id = d.event_id "
+                        "WHERE d.lease_owner IS NOT NULL AND d.status = 'pending'"
+                    )
+                }
+            async with await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT) as successor:
+                await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
+                successor.terminate()
+        received = delivered_ids(crm.requests)
+    duplicated = {event for event, count in received.items() if count > 1}
+    print(
+        f"\nsent {events}, acknowledged {len(acknowledged)}, delivered {len(received)} distinct "
+        f"({sum(received.values())} requests), duplicated {len(duplicated)}, leased by the killed worker "
+        f"{len(in_flight)}"
+    )
+    assert len(acknowledged) == events
+    assert acknowledged <= set(received)
+    assert duplicated <= in_flight
+
+
 async def test_a_sink_outage_delays_nothing_but_its_deliveries(tmp_path: Path) -> None:
     port, sink_port, events = free_port(), free_port(), 60
     config = configure(tmp_path, port, f"http://127.0.0.1:{sink_port}/", retry="{schedule: [200ms], give_up_after: 1h}")
