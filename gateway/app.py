@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.admin import admin_routes
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.delivery import Lane, StoreState, Worker
-from gateway.exceptions import StorageError, WebhookRejected
+from gateway.exceptions import StorageError
 from gateway.ingest import Ingest
-from gateway.ingress import Guard, RateLimited
+from gateway.ingress import Guard
 from gateway.metrics import Metrics
 from gateway.operations import Operations, Purge
 from gateway.routing import Router
 from gateway.store import store_for
 from gateway.store.base import Store
+from gateway.webhooks import Webhooks, webhook_source
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +95,21 @@ async def _purge_periodically(config: Config, operations: Operations) -> None:
             logger.info("retention purge deleted %d events older than %gs", purged["deleted"], retention.max_age)
 
 
+class GatewayApp(Starlette):
+    """The Starlette application, with webhook posts answered ahead of its middleware and router."""
+
+    webhooks: Webhooks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (source := webhook_source(scope)) is not None:
+            await self.webhooks(scope, receive, send, source)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     config: Config, *, store: Store | None = None, clock: Clock | None = None, run_worker: bool | None = None
-) -> Starlette:
+) -> GatewayApp:
     clock = clock or SystemClock()
     store = store or store_for(config.settings.storage)
     metrics = Metrics()
@@ -111,46 +124,6 @@ def create_app(
         for name, source in config.sources.items()
     }
     with_worker = config.settings.worker.enabled if run_worker is None else run_worker
-
-    async def receive_webhook(request: Request) -> Response:
-        source = request.path_params["source"]
-        if source not in config.sources:
-            detail = f"no source named {source!r} is configured"
-            return JSONResponse({"error": "unknown_source", "detail": detail}, 404)
-        try:
-            guards[source].check(request.client.host if request.client else None, request.headers)
-            async with asyncio.timeout(server.read_timeout):  # cheaper than a cancel scope on this hot path
-                body = await _read_body(request, server.max_body_bytes)
-            ack = await ingest.receive(source, request.headers, body)
-        except TimeoutError:
-            metrics.webhooks.labels(source, "", "request_timeout").inc()
-            detail = f"the body did not arrive within {server.read_timeout:g}s"
-            return JSONResponse({"error": "request_timeout", "detail": detail}, 408, headers={"Connection": "close"})
-        except WebhookRejected as rejected:
-            metrics.webhooks.labels(source, "", rejected.reason).inc()
-            logger.info(
-                "webhook rejected",
-                extra={
-                    "source": source,
-                    "outcome": rejected.reason,
-                    "status": rejected.status_code,
-                    "detail": rejected.detail,
-                },
-            )
-            headers = {"Retry-After": str(rejected.retry_after)} if isinstance(rejected, RateLimited) else None
-            return JSONResponse({"error": rejected.reason, "detail": rejected.detail}, rejected.status_code, headers)
-        except StorageError as error:
-            logger.error(
-                "webhook not acknowledged: storage failed",
-                extra={"source": source, "outcome": "storage_unavailable", "status": 503, "detail": str(error)},
-            )
-            metrics.webhooks.labels(source, "", "storage_unavailable").inc()
-            return JSONResponse(
-                {"error": "storage_unavailable", "detail": "the event could not be stored; retry later"},
-                503,
-                headers={"Retry-After": "30"},
-            )
-        return JSONResponse(ack.body, ack.status_code)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -181,9 +154,8 @@ def create_app(
         async with running(config, store, worker, deliver=with_worker):
             yield
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[
-            Route("/webhooks/{source}", receive_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
@@ -192,26 +164,11 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    app.webhooks = Webhooks(
+        ingest, guards, metrics, max_body_bytes=server.max_body_bytes, read_timeout=server.read_timeout
+    )
     app.state.store = store
     app.state.worker = worker
     app.state.metrics = metrics
     app.state.operations = operations
     return app
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise WebhookRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise WebhookRejected(413, "body_too_large", f"the body is larger than {limit} bytes")
-    except ClientDisconnect:
-        raise WebhookRejected(
-            400, "client_disconnected", "the client went away before sending the whole body"
-        ) from None
-    return bytes(body)

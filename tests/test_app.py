@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from starlette.types import Message
 
 from gateway.config import Config
 from gateway.signing import hmac_sha256_hex
@@ -169,6 +170,35 @@ async def test_a_body_over_the_limit_gets_413_whether_declared_or_streamed(gatew
 async def test_an_unknown_source_gets_404(gateway: Running) -> None:
     response = await gateway.client.post("/webhooks/calendly", content=b"{}")
     assert response.status_code == 404 and "no source named 'calendly'" in response.json()["detail"]
+    assert (await gateway.client.post("/webhooks/moncreneau/extra", content=b"{}")).status_code == 404
+    assert (await gateway.client.post("/webhooks/", content=b"{}")).status_code == 404
+
+
+async def test_only_post_is_allowed_on_the_webhook_endpoint(gateway: Running) -> None:
+    response = await gateway.client.get("/webhooks/moncreneau")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+async def test_a_client_gone_before_the_end_of_its_body_gets_400_and_nothing_is_stored(gateway: Running) -> None:
+    raw = json.dumps(sample("moncreneau.json", "appointment.created")).encode()
+    headers = [(b"x-moncreneau-signature", b"sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw).encode())]
+    scope = {"type": "http", "method": "POST", "path": "/webhooks/moncreneau", "headers": headers, "client": None}
+    messages: list[Message] = [
+        {"type": "http.request", "body": raw[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await gateway.app(scope, receive, send)
+    assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["error"] == "client_disconnected"
+    assert await stored(gateway) == 0
 
 
 @pytest.mark.fault
