@@ -8,6 +8,7 @@ queue or an unusable directory costs at most one `worker.poll_interval`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -41,6 +42,8 @@ class Doorbell:
         self._peers: list[Path] = []
         self._listed: int | None = None  # the directory's modification time when it was last listed
         self._sender: socket.socket | None = None
+        self._due: set[str] | None = set()  # sinks rung since the last send; None: every sink
+        self._sending = False
 
     async def listen(self, wake: Callable[[Iterable[str] | None], None]) -> None:
         """Until cancelled, call `wake(sinks)` for what other processes ring (None: every sink)."""
@@ -73,7 +76,25 @@ class Doorbell:
             path.unlink(missing_ok=True)
 
     def ring(self, sinks: Iterable[str] | None) -> None:
-        """Tell every other listening process that deliveries for `sinks` (None: any sink) are due."""
+        """Tell every other listening process that deliveries for `sinks` (None: any sink) are due.
+
+        Rings within one turn of the event loop (the writes of one group commit) go out as one datagram per peer.
+        """
+        self._due = None if sinks is None or self._due is None else self._due.union(sinks)
+        if self._sending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._send()
+            return
+        self._sending = True
+        loop.call_soon(self._send)
+
+    def _send(self) -> None:
+        sinks, self._due, self._sending = self._due, set(), False
+        if sinks is not None and not sinks:
+            return
         try:
             modified = self.directory.stat().st_mtime_ns  # changes when a worker comes or goes
             if modified != self._listed:

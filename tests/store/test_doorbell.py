@@ -18,10 +18,11 @@ import anyio
 import httpx
 import pytest
 from anyio import wait_all_tasks_blocked
+from anyio.lowlevel import checkpoint
 
 from gateway.routing import Target
 from gateway.store.base import AttemptRecord, Transition
-from gateway.store.doorbell import directory_for
+from gateway.store.doorbell import Doorbell, directory_for
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import MONCRENEAU_SECRET
 from tests.receiver import receiver
@@ -85,6 +86,26 @@ async def test_a_commit_wakes_the_workers_of_other_processes_for_its_sinks_and_n
         assert len(woken.calls) == 1 and len(other_woken.calls) == 2
     for store in (worker, other_worker, ingest):
         await store.close()
+
+
+async def test_rings_within_one_turn_of_the_event_loop_send_one_datagram(tmp_path: Path) -> None:
+    doorbell = Doorbell(tmp_path / "g.db")
+    doorbell.directory.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as peer:
+        peer.bind(str(doorbell.directory / "1-peer.sock"))
+        peer.setblocking(False)
+        for sinks in (["crm"], ["sms"], ["crm"], []):  # the writes of one group commit
+            doorbell.ring(sinks)
+        await checkpoint()  # the loop turns
+        first = [peer.recv(1024)]
+        doorbell.ring(None)
+        await checkpoint()  # the loop turns
+        received = [*first, peer.recv(1024)]
+        with pytest.raises(BlockingIOError):
+            peer.recv(1024)
+    doorbell.close()
+    print(f"5 rings in two turns of the loop: {len(received)} datagrams")
+    assert set(received[0].decode().split("\n")) == {"crm", "sms"} and received[1] == b""  # b"": every sink
 
 
 async def test_a_requeue_wakes_every_sink_and_a_dead_workers_socket_is_swept(tmp_path: Path) -> None:
