@@ -12,11 +12,13 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from gateway.clock import SystemClock
 from gateway.config import Config, admin_exposure, load_config
@@ -38,22 +40,31 @@ from gateway.operations import (
 from gateway.plugins import plugin_manager
 from gateway.routing import Router
 
+if TYPE_CHECKING:
+    from gateway.app import GatewayApp
+
 CONFIG_ERROR = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, plugin_manager())
+        config = _configured(args.config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return CONFIG_ERROR
+    result: int = args.command(config, args)
+    return result
+
+
+def _configured(path: str) -> Config:
+    """The configuration at `path`, with logging set up as it says."""
+    config = load_config(path, plugin_manager())
     settings = config.settings.logging
     configure_logging(
         format=settings.format, level=os.environ.get("GATEWAY_LOG_LEVEL", settings.level), redacted=settings.redact
     )
-    result: int = args.command(config, args)
-    return result
+    return config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="receive webhooks (and deliver them, unless --no-worker)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--processes", type=int, help="override server.processes")
     serve.add_argument("--no-worker", action="store_true", help="ingest only; run `worker` processes to deliver")
     serve.set_defaults(command=_serve)
 
@@ -128,17 +140,38 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     if (exposed := admin_exposure(config.settings.admin, host)) is not None:
         print(f"{config.path}: {exposed}", file=sys.stderr)
         return CONFIG_ERROR
-    app = create_app(config, run_worker=False if args.no_worker else None)
-    uvicorn.run(
-        app,
-        host=host,
-        port=args.port or server.port,
-        log_level=config.settings.logging.level.lower(),
-        access_log=False,  # the gateway logs one line per webhook itself, with more to say
-        timeout_graceful_shutdown=int(config.settings.worker.shutdown_grace) + 5,
-        log_config=None,  # uvicorn's loggers go through ours: JSON, redacted
-    )
-    return 0
+    processes = args.processes or server.processes
+    if processes < 1:
+        print(f"--processes {processes}: serve needs at least one process", file=sys.stderr)
+        return CONFIG_ERROR
+    options: dict[str, Any] = {
+        "host": host,
+        "port": args.port or server.port,
+        "log_level": config.settings.logging.level.lower(),
+        "access_log": False,  # the gateway logs one line per webhook itself, with more to say
+        "timeout_graceful_shutdown": int(config.settings.worker.shutdown_grace) + 5,
+        "log_config": None,  # uvicorn's loggers go through ours: JSON, redacted
+    }
+    if processes == 1:
+        uvicorn.run(create_app(config, run_worker=False if args.no_worker else None), **options)
+        return 0
+    # uvicorn's supervisor: one listening socket, the processes spawned on it, restarted when one dies
+    os.environ[SERVED_CONFIG], os.environ[SERVED_WITHOUT_WORKER] = str(config.path.absolute()), str(args.no_worker)
+    settings = uvicorn.Config(f"{__name__}:{served_app.__name__}", factory=True, workers=processes, **options)
+    supervisor = Multiprocess(settings, sockets=[settings.bind_socket()])
+    supervisor.run()
+    return 1 if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes) else 0
+
+
+SERVED_CONFIG, SERVED_WITHOUT_WORKER = "GATEWAY_SERVED_CONFIG", "GATEWAY_SERVED_WITHOUT_WORKER"
+
+
+def served_app() -> GatewayApp:
+    """The application one of `serve --processes N`'s processes runs: spawned, it reads the configuration again."""
+    from gateway.app import create_app
+
+    config = _configured(os.environ[SERVED_CONFIG])
+    return create_app(config, run_worker=False if os.environ[SERVED_WITHOUT_WORKER] == "True" else None)
 
 
 def _worker(config: Config, args: argparse.Namespace) -> int:

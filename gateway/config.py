@@ -35,6 +35,9 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    processes: int = Field(
+        1, ge=1, description="Processes serving the port (each with its own worker unless --no-worker); one per core"
+    )
     max_body_bytes: int = Field(1_048_576, ge=1, description="Larger webhook bodies are answered 413")
     read_timeout: Duration = Field(10.0, gt=0, description="A body not received within this is answered 408")
     trusted_proxies: list[IPvAnyNetwork] = Field(

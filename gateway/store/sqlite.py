@@ -109,7 +109,8 @@ CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (status, sink, updated_
 -- in claim order: a claim reads the index up to its limit instead of sorting the whole backlog
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, status, next_attempt_at, occurred_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (sink, ordering_key, status, occurred_at);
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+-- UNIQUE (event_id, sink) serves lookups by event; a separate index on event_id only cost every insert
+DROP INDEX IF EXISTS deliveries_event;
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     delivery_id TEXT NOT NULL REFERENCES deliveries (id),
