@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from gateway.config import Config, admin_exposure, load_config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
 from gateway.logs import configure_logging
+from gateway.metrics import SHARED_DIRECTORY
 from gateway.operations import (
     DeadLetterFilter,
     DeadLetterReplay,
@@ -158,9 +160,12 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # uvicorn's supervisor: one listening socket, the processes spawned on it, restarted when one dies
     os.environ[SERVED_CONFIG], os.environ[SERVED_WITHOUT_WORKER] = str(config.path.absolute()), str(args.no_worker)
     settings = uvicorn.Config(f"{__name__}:{served_app.__name__}", factory=True, workers=processes, **options)
-    supervisor = Multiprocess(settings, sockets=[settings.bind_socket()])
-    supervisor.run()
-    return 1 if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes) else 0
+    with tempfile.TemporaryDirectory(prefix="appointment-gateway-metrics-") as metrics:
+        os.environ[SHARED_DIRECTORY] = metrics  # counted by every process, scraped from any
+        supervisor = Multiprocess(settings, sockets=[settings.bind_socket()])
+        supervisor.run()
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0  # as uvicorn exits when its one process cannot start
 
 
 SERVED_CONFIG, SERVED_WITHOUT_WORKER = "GATEWAY_SERVED_CONFIG", "GATEWAY_SERVED_WITHOUT_WORKER"

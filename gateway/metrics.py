@@ -1,13 +1,24 @@
-"""Prometheus metrics, one registry per application so that several gateways (or tests) never share counts."""
+"""Prometheus metrics, one registry per application so that several gateways (or tests) never share counts.
+
+`serve --processes N` puts prometheus_client in its multiprocess mode: each process writes its values to files in a
+directory they share, and whichever process answers a scrape reads them all.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.store.base import SinkStats
+
+LATEST: Final = "mostrecent"  # the gauges are read from the store at each scrape: the last process to read it is right
+SHARED_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (before prometheus_client is imported) to a fresh directory, it turns on the multiprocess mode."""
 
 
 class Metrics:
@@ -46,21 +57,34 @@ class Metrics:
             "Deliveries not yet done (waiting or in flight), by sink.",
             ["sink"],
             registry=registry,
+            multiprocess_mode=LATEST,
         )
         self.queue_due = Gauge(
-            "gateway_queue_due", "Deliveries due now and not claimed, by sink.", ["sink"], registry=registry
+            "gateway_queue_due",
+            "Deliveries due now and not claimed, by sink.",
+            ["sink"],
+            registry=registry,
+            multiprocess_mode=LATEST,
         )
         self.oldest_due = Gauge(
             "gateway_oldest_due_seconds",
             "How long the oldest due, unclaimed delivery has waited past its due time, by sink.",
             ["sink"],
             registry=registry,
+            multiprocess_mode=LATEST,
         )
         self.dead_letters = Gauge(
-            "gateway_dead_letters", "Dead letters currently kept, by sink.", ["sink"], registry=registry
+            "gateway_dead_letters",
+            "Dead letters currently kept, by sink.",
+            ["sink"],
+            registry=registry,
+            multiprocess_mode=LATEST,
         )
         self.storage_up = Gauge(
-            "gateway_storage_up", "1 when the last scrape could read the store, else 0.", registry=registry
+            "gateway_storage_up",
+            "1 when the last scrape could read the store, else 0.",
+            registry=registry,
+            multiprocess_mode=LATEST,
         )
 
     def observe_queues(self, sinks: Iterable[str], stats: dict[str, SinkStats]) -> None:
@@ -73,4 +97,8 @@ class Metrics:
             self.dead_letters.labels(sink).set(current.dead)
 
     def exposition(self) -> bytes:
+        if shared := os.environ.get(SHARED_DIRECTORY):
+            every_process = CollectorRegistry()
+            MultiProcessCollector(every_process, path=shared)  # type: ignore[no-untyped-call]
+            return generate_latest(every_process)
         return generate_latest(self.registry)

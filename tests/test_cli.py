@@ -21,6 +21,7 @@ from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Config
 from gateway.sources.base import load_samples
+from tests.conftest import moncreneau_request
 from tests.receiver import Answer, receiver, serving
 
 JOURNAL = """
@@ -88,12 +89,13 @@ def gateway_process(config: Path, *args: str) -> Iterator[subprocess.Popen[str]]
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group: `serve --processes N` spawns children
     )
     try:
         yield process
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         process.communicate(timeout=10)  # reaps it and closes its pipe
 
 
@@ -158,6 +160,82 @@ def test_ingest_only_replica_and_a_separate_worker_share_the_store(
             assert "SIGTERM received: stopping the worker" in stopped_gracefully(worker)
             assert worker.returncode == 0
         assert "Application shutdown complete" in stopped_gracefully(server)
+
+
+def serving_children(pid: int) -> set[int]:
+    """The processes `serve --processes N` spawned to serve (not multiprocessing's resource tracker)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+    return found
+
+
+def test_serve_processes_share_the_port_the_store_and_the_metrics_and_a_killed_one_is_replaced(
+    write_config: Callable[[str], Config], tmp_path: Path
+) -> None:
+    journal, port, events = tmp_path / "journal.jsonl", free_port(), 100
+    config = write_config(  # quiet: nobody reads the pipe before the end
+        f"server: {{port: {port}, processes: 2}}\nlogging: {{level: WARNING}}\n" + JOURNAL.format(path=journal)
+    )
+    body = load_samples("moncreneau.json")["appointment.created"]
+
+    async def post_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(max_connections=20)) as c:
+            answers = []
+
+            async def post(n: int) -> None:
+                raw, headers = moncreneau_request({**body, "id": f"evt_{n}"})
+                answers.append((await c.post("/webhooks/moncreneau", content=raw, headers=headers)).status_code)
+
+            async with anyio.create_task_group() as posts:
+                for n in range(events):
+                    posts.start_soon(post, n)
+            return answers
+
+    def accepted_in_scrapes(count: int) -> list[float]:
+        totals = []
+        for _ in range(count):  # a new connection each: the processes take turns answering
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"}).text
+            accepted = [line for line in text.splitlines() if line.startswith("gateway_webhooks_total{")]
+            totals.append(sum(float(line.rsplit(" ", 1)[1]) for line in accepted if 'outcome="accepted"' in line))
+        return totals
+
+    with gateway_process(config.path, "serve") as server:
+        wait_until(lambda: healthy(port) and len(serving_children(server.pid)) >= 2, "two serving processes")
+        assert anyio.run(post_all) == [202] * events
+        before = accepted_in_scrapes(6)
+        first = serving_children(server.pid)
+        killed = max(first)
+        os.kill(killed, signal.SIGKILL)
+        wait_until(
+            lambda: killed not in serving_children(server.pid) and len(serving_children(server.pid)) >= len(first),
+            "a replacement",
+        )
+        wait_until(lambda: healthy(port), "the replacement to listen")
+        after = accepted_in_scrapes(6)
+        wait_until(lambda: len({str(line["event"]) for line in journal_lines(journal)}) == events, "every delivery")
+        output = stopped_gracefully(server)
+    print(f"{events} posted on 20 connections, all 202; accepted counted by scrapes {before}, after a kill {after}")
+    assert before == after == [float(events)] * 6, output
+
+
+def test_serve_processes_that_cannot_start_stop_the_supervisor_with_an_error(tmp_path: Path) -> None:
+    (tmp_path / "occupied").write_text("a file where the database's folder should be")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+server: {{port: {free_port()}, processes: 2}}
+storage: {{url: "sqlite:///{tmp_path}/occupied/gateway.db"}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [s3cret]}}
+"""
+    )
+    with gateway_process(config, "serve") as server:
+        output, _ = server.communicate(timeout=60)
+    assert server.returncode == 3  # uvicorn's exit status when its one process cannot start
+    assert "failed to start, stopping the parent process" in output and "occupied" in output
 
 
 def test_serve_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
