@@ -175,18 +175,31 @@ def profile(process: subprocess.Popen[bytes], svg: Path, seconds: int) -> subpro
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def family(pid: int) -> list[int]:
+    """A process and its descendants (`serve --processes N` spawns N children)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return [pid, *(member for child in children for member in family(child))]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time a process and its descendants (all their threads) have used so far."""
+    total = 0.0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_mib(pid: int, field: str = "VmHWM") -> float:
-    """A process's peak (VmHWM) or current (VmRSS) resident memory."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The peak (VmHWM) or current (VmRSS) resident memory of a process and its descendants, summed."""
+    total = 0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 @dataclass
@@ -250,6 +263,12 @@ def main() -> int:
     parser.add_argument("--mode", choices=["unique", "duplicates", "yappointment"], default="unique")
     parser.add_argument("--events", type=int, default=60_000, help="pre-signed requests per load to cycle through")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="`serve --processes N` (default: one per core); the baseline runs as one process",
+    )
+    parser.add_argument(
         "--separate-worker",
         action="store_true",
         help="deliver from an `appointment-gateway worker` process beside `serve --no-worker`",
@@ -267,11 +286,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     saturating = work / "saturating.tsv"
     write_requests(saturating, args.mode, args.events)
-    topology = "serve --no-worker + worker" if args.separate_worker else "serve (worker inside)"
+    serving = f"serve --processes {args.processes}"
+    topology = f"{serving} --no-worker + worker" if args.separate_worker else f"{serving} (a worker in each)"
     print(f"mode {args.mode}, {args.connections} connections, {args.duration}s per load, {topology}")
 
     baseline = bare_uvicorn(work, saturating, args.connections, args.duration)
     plain = bare_uvicorn(work, saturating, args.connections, args.duration, "--http", "h11", "--loop", "asyncio")
+    several = bare_uvicorn(work, saturating, args.connections, args.duration, "--workers", str(args.processes))
 
     receiver, receiver_port = start_receiver(work)
     gateway_port = free_port()
@@ -292,7 +313,7 @@ routes:
     )
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [PYTHON, "-m", "gateway", "-c", str(config)]
-    serve = [*command, "serve", *(["--no-worker"] if args.separate_worker else [])]
+    serve = [*command, "serve", "--processes", str(args.processes), *(["--no-worker"] if args.separate_worker else [])]
     processes = [start(serve, gateway_port, work / "gateway.log", env=environment)]
     if args.separate_worker:
         log = (work / "worker.log").open("wb")
@@ -364,6 +385,11 @@ routes:
         f"plain uvicorn (h11 parser, asyncio loop) under the same load: {plain['rps']:.0f} requests/s;"
         f" the gateway flat out is {flat_out.load['rps'] / plain['rps']:.2f} of that"
     )
+    if args.processes > 1:
+        print(
+            f"bare uvicorn with --workers {args.processes} under the same load: {several['rps']:.0f} requests/s;"
+            f" the gateway flat out is {flat_out.load['rps'] / several['rps']:.2f} of that"
+        )
     print(f"gateway peak RSS: {rss:.0f} MiB (all its processes); every accepted event reached the receiver")
     print(f"(files in {work})")
     return 0

@@ -115,13 +115,12 @@ async def _read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
             return bytes(body)
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # as Starlette's JSONResponse
+
+
 async def _respond(send: Send, status: int, body: dict[str, Any], headers: Mapping[str, str]) -> None:
-    """A JSON answer, encoded as Starlette's JSONResponse would."""
-    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(content)).encode()),
-        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()),
-    ]
+    content = _JSON.encode(body).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+    raw_headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": content})
