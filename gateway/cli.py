@@ -151,6 +151,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         "port": args.port or server.port,
         "log_level": config.settings.logging.level.lower(),
         "access_log": False,  # the gateway logs one line per webhook itself, with more to say
+        "proxy_headers": False,  # X-Forwarded-For is read by the gateway itself, from server.trusted_proxies only
         "timeout_graceful_shutdown": int(config.settings.worker.shutdown_grace) + 5,
         "log_config": None,  # uvicorn's loggers go through ours: JSON, redacted
     }

@@ -21,7 +21,7 @@ from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Config
 from gateway.sources.base import load_samples
-from tests.conftest import moncreneau_request
+from tests.conftest import MONCRENEAU_SECRET, moncreneau_request
 from tests.receiver import Answer, receiver, serving
 
 JOURNAL = """
@@ -236,6 +236,25 @@ sources:
         output, _ = server.communicate(timeout=60)
     assert server.returncode == 3  # uvicorn's exit status when its one process cannot start
     assert "failed to start, stopping the parent process" in output and "occupied" in output
+
+
+def test_serve_believes_x_forwarded_for_only_from_the_configured_trusted_proxies(tmp_path: Path) -> None:
+    port, config = free_port(), tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+server: {{port: {port}}}
+storage: {{url: "sqlite:///{tmp_path}/gateway.db"}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], allow_ips: [10.0.0.0/8]}}
+"""
+    )
+    raw, headers = moncreneau_request(load_samples("moncreneau.json")["appointment.created"])
+    with gateway_process(config, "serve") as server:
+        wait_until(lambda: healthy(port), "the gateway to listen")
+        forged = {**headers, "X-Forwarded-For": "10.1.2.3"}  # 127.0.0.1 is not a trusted proxy here
+        answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=forged)
+        stopped_gracefully(server)
+    assert answer.status_code == 403 and "127.0.0.1 may not post" in answer.json()["detail"]
 
 
 def test_serve_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
