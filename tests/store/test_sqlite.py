@@ -19,12 +19,13 @@ from tests.store.test_contract import record
 pytestmark = pytest.mark.anyio
 
 
-async def test_the_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+async def test_the_database_runs_in_wal_mode_with_full_sync_and_rarer_checkpoints(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "g.db")
     await store.open()
     assert store._connection is not None
     assert store._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
     await store.close()
 
 
@@ -103,3 +104,17 @@ async def test_a_process_killed_in_the_middle_of_a_write_leaves_neither_lock_nor
     await store.ingest(record("evt_2", id="event-2"), [Target("crm")])
     assert await store.count_events() == 2  # the killed transaction's delete never happened
     await store.close()
+
+
+async def test_processes_opening_a_new_database_together_all_open_it(tmp_path: Path) -> None:
+    opened = 0
+    for attempt in range(10):  # `serve --processes N` starts its processes at the same moment
+        stores = [SQLiteStore(tmp_path / f"new-{attempt}.db") for _ in range(4)]
+        async with anyio.create_task_group() as opening:
+            for store in stores:
+                opening.start_soon(store.open)
+        for store in stores:
+            opened += await store.count_events() == 0
+            await store.close()
+    print(f"40 stores opened four at a time on new files: {opened} opened")
+    assert opened == 40
