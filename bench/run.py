@@ -1,12 +1,17 @@
 """Benchmark: the gateway's durable ingest and delivery against a bare uvicorn app, under the same wrk load.
 
     .venv/bin/python bench/run.py [--connections 64] [--duration 10] [--mode unique|duplicates|yappointment]
-                        [--probes 4 | --rate N] [--separate-worker] [--profile]
+                        [--processes N] [--separate-worker [--worker-nice 10]]
+                        [--probes 4 | --rate N] [--p99-target 20] [--profile]
 
 Loads with the same connections: a bare uvicorn app on the gateway's HTTP stack (the baseline; plain h11 uvicorn
-is measured too), then the gateway flat out (as many requests as it takes), then paced loads searching the highest
-rate at which delivery keeps up (the backlog stays flat): the latency a provider sees at the rate the gateway can
-sustain. Pacing is wrk's per-connection delay, so a probe's achieved rate is below its target by the latency.
+and uvicorn with as many workers as the gateway's processes are measured too); then the gateway:
+- ingest alone: `serve --processes N --no-worker` flat out (as many requests as it takes), every one acknowledged
+  only after its commit; the gateway started next delivers that burst (its drain time);
+- flat out, delivering: the same load while the gateway delivers (its worker in each process, or a separate one);
+- paced loads searching the highest rate at which delivery keeps up (the backlog stays flat) with a p99 within the
+  target: the latency a provider sees at a rate the gateway sustains. Pacing is wrk's per-connection delay, so a
+  probe's achieved rate is below its target by the latency.
 
 Needs wrk (Debian package `wrk`). Prints a table; absolute figures depend on the machine, the ratio to the
 baseline measured in the same run is what to compare.
@@ -232,7 +237,8 @@ class Gateway:
     duration: int
 
 
-def gateway_phase(gateway: Gateway, requests: Path, pace_ms: int | None = None) -> Phase:
+def gateway_phase(gateway: Gateway, requests: Path, pace_ms: int | None = None, *, delivering: bool = True) -> Phase:
+    """A load and, when the gateway is `delivering`, the wait until every event it accepted reached the receiver."""
     cpu_before = sum(cpu_seconds(process.pid) for process in gateway.processes)
     accepted_before, _ = scrape(f"{gateway.url}/metrics")
     delivered_before = httpx.get(f"{gateway.receiver_url}/count").json()["distinct"]
@@ -245,15 +251,41 @@ def gateway_phase(gateway: Gateway, requests: Path, pace_ms: int | None = None) 
     backlog.join()
     accepted = scrape(f"{gateway.url}/metrics")[0] - accepted_before
     delivered_during_load = httpx.get(f"{gateway.receiver_url}/count").json()["distinct"] - delivered_before
-    delivered = delivered_during_load
-    while delivered < accepted and time.monotonic() - ended < 600:
-        time.sleep(0.2)
-        delivered = httpx.get(f"{gateway.receiver_url}/count").json()["distinct"] - delivered_before
-    if delivered < accepted:
-        raise RuntimeError(f"{accepted - delivered} accepted events were not delivered within 10 minutes")
-    drained = time.monotonic() - ended
+    drained = wait_delivered(gateway.receiver_url, delivered_before + accepted) if delivering else float("nan")
     cpu_ms = (sum(cpu_seconds(process.pid) for process in gateway.processes) - cpu_before) * 1000 / load["requests"]
     return Phase(load, accepted, delivered_during_load, ended - began, backlog.growth(), drained, cpu_ms)
+
+
+def more(work: Path, args: argparse.Namespace, number: int) -> Path:
+    """The `number`th load's requests: events no earlier load sent."""
+    requests = work / f"load-{number}.tsv"
+    write_requests(requests, args.mode, args.events, first=number * args.events)
+    return requests
+
+
+def delivered(receiver_url: str) -> int:
+    return int(httpx.get(f"{receiver_url}/count").json()["distinct"])
+
+
+def wait_delivered(receiver_url: str, total: int, *, since_first: int | None = None) -> float:
+    """Seconds until the receiver has `total` distinct events; counted from now, or, given the count `since_first`
+    had before, from the first new one (so that a starting gateway's start-up is not counted)."""
+    began = time.monotonic()
+    if since_first is not None:
+        while delivered(receiver_url) == since_first and time.monotonic() - began < 60:
+            time.sleep(0.01)
+        began = time.monotonic()
+    while (count := delivered(receiver_url)) < total and time.monotonic() - began < 600:
+        time.sleep(0.05)
+    if count < total:
+        raise RuntimeError(f"{total - count} accepted events were not delivered within 10 minutes")
+    return time.monotonic() - began
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
 
 
 def main() -> int:
@@ -274,20 +306,31 @@ def main() -> int:
         help="deliver from an `appointment-gateway worker` process beside `serve --no-worker`",
     )
     parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="with --separate-worker, run the worker at this niceness: ingest first, delivery with the CPU left",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="record the `serve` process with py-spy during the flat-out load (flame graph in the files' directory)",
     )
     parser.add_argument("--rate", type=int, help="one paced load at this many requests/s instead of the search")
     parser.add_argument(
-        "--probes", type=int, default=4, help="paced loads searching the highest rate with a flat backlog"
+        "--probes",
+        type=int,
+        default=4,
+        help="paced loads searching the highest rate with a flat backlog and a p99 within --p99-target",
     )
+    parser.add_argument("--p99-target", type=float, default=20.0, help="milliseconds (default: 20)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     saturating = work / "saturating.tsv"
     write_requests(saturating, args.mode, args.events)
     serving = f"serve --processes {args.processes}"
-    topology = f"{serving} --no-worker + worker" if args.separate_worker else f"{serving} (a worker in each)"
+    delivering = f"nice -n {args.worker_nice} worker" if args.worker_nice else "worker"
+    topology = f"{serving} --no-worker + {delivering}" if args.separate_worker else f"{serving} (a worker in each)"
     print(f"mode {args.mode}, {args.connections} connections, {args.duration}s per load, {topology}")
 
     baseline = bare_uvicorn(work, saturating, args.connections, args.duration)
@@ -313,39 +356,56 @@ routes:
     )
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [PYTHON, "-m", "gateway", "-c", str(config)]
-    serve = [*command, "serve", "--processes", str(args.processes), *(["--no-worker"] if args.separate_worker else [])]
-    processes = [start(serve, gateway_port, work / "gateway.log", env=environment)]
+    serve = [*command, "serve", "--processes", str(args.processes)]
+    gateway_url, receiver_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{receiver_port}"
+
+    # Ingest alone: no worker runs during the load; the gateway started next delivers the burst.
+    ingesting = [start([*serve, "--no-worker"], gateway_port, work / "ingest.log", env=environment)]
+    try:
+        alone = gateway_phase(
+            Gateway(ingesting, gateway_url, receiver_url, args.connections, args.duration), saturating, delivering=False
+        )
+        rss_alone = rss_mib(ingesting[0].pid)
+    finally:
+        stop(ingesting)
+
+    processes = [
+        start(
+            [*serve, *(["--no-worker"] if args.separate_worker else [])],
+            gateway_port,
+            work / "gateway.log",
+            env=environment,
+        )
+    ]
     if args.separate_worker:
         log = (work / "worker.log").open("wb")
-        processes.append(subprocess.Popen([*command, "worker"], stdout=log, stderr=subprocess.STDOUT, env=environment))
-    gateway = Gateway(
-        processes,
-        f"http://127.0.0.1:{gateway_port}",
-        f"http://127.0.0.1:{receiver_port}",
-        args.connections,
-        args.duration,
-    )
+        niced = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
+        processes.append(
+            subprocess.Popen([*niced, *command, "worker"], stdout=log, stderr=subprocess.STDOUT, env=environment)
+        )
+    gateway = Gateway(processes, gateway_url, receiver_url, args.connections, args.duration)
     try:
+        alone.drain_seconds = wait_delivered(receiver_url, alone.accepted, since_first=0)
         profiler = profile(processes[0], work / "flat-out.svg", args.duration) if args.profile else None
-        flat_out = gateway_phase(gateway, saturating)
+        flat_out = gateway_phase(gateway, more(work, args, 1))
         if profiler is not None:
             profiler.wait()
         requests_per_event = flat_out.load["requests"] / max(1, flat_out.accepted)  # 10 with --mode duplicates
 
         def paced(number: int, rate: float) -> Phase:
-            requests = work / f"paced-{number}.tsv"
-            write_requests(requests, args.mode, args.events, first=(number + 1) * args.events)
             pace_ms = max(1, round(args.connections * 1000 / rate))
-            phase = gateway_phase(gateway, requests, pace_ms)
+            phase = gateway_phase(gateway, more(work, args, number + 2), pace_ms)
             flat = phase.load["non_2xx"] == 0 and phase.backlog_growth <= max(5.0, 0.02 * phase.events_per_second)
+            fast = phase.load["p99"] <= args.p99_target
             print(
                 f"paced for {rate:.0f} requests/s: {phase.load['rps']:.0f}/s, p99 {phase.load['p99']:.1f} ms,"
-                f" backlog {phase.backlog_growth:+.0f}/s: {'sustained' if flat else 'not sustained'}"
+                f" backlog {phase.backlog_growth:+.0f}/s: {'flat' if flat else 'growing'},"
+                f" p99 {'within' if fast else 'over'} {args.p99_target:g} ms"
             )
-            return replace(phase, sustained=flat)
+            return replace(phase, sustained=flat and fast)
 
-        # Start at the rate delivery kept up with flat out, then bisect between the highest rate that kept the
-        # backlog flat and the lowest that did not (at first, the flat-out rate).
+        # Start at the rate delivery kept up with flat out, then bisect between the highest rate that met both
+        # conditions and the lowest that did not (at first, the flat-out rate).
         good, bad = 0.0, flat_out.load["rps"]
         probes = []
         for number in range(1 if args.rate else args.probes):
@@ -356,13 +416,11 @@ routes:
         steady = max(probes, key=lambda probe: (probe.sustained, probe.load["rps"]))
         rss = sum(rss_mib(process.pid) for process in processes)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            process.wait()
+        stop(processes)
         receiver.terminate()
         receiver.wait()
 
-    phases = (flat_out, steady)
+    phases = (alone, flat_out, steady)
     rows = [
         ("accepted requests/s", f"{baseline['rps']:.0f}", *(f"{p.load['rps']:.0f}" for p in phases)),
         ("  ratio to the baseline", "1.00", *(f"{p.load['rps'] / baseline['rps']:.2f}" for p in phases)),
@@ -377,10 +435,11 @@ routes:
         ("gateway CPU per request (ms)", "", *(f"{p.cpu_ms_per_request:.2f}" for p in phases)),
     ]
     width = max(len(row[0]) for row in rows)
-    heading = ("bare uvicorn", "gateway, flat out", "paced, sustained" if steady.sustained else "paced, NOT sustained")
-    print(f"{'':{width}}  {heading[0]:>14}  {heading[1]:>18}  {heading[2]:>22}")
+    within = f"paced, p99 <= {args.p99_target:g} ms" if steady.sustained else "paced: NOT MET"
+    headings = ("bare uvicorn", "ingest alone", "flat out, delivering", within)
+    print(f"{'':{width}}" + "".join(f"  {heading:>20}" for heading in headings))
     for label, *values in rows:
-        print(f"{label:{width}}  {values[0]:>14}  {values[1]:>18}  {values[2]:>22}")
+        print(f"{label:{width}}" + "".join(f"  {value:>20}" for value in values))
     print(
         f"plain uvicorn (h11 parser, asyncio loop) under the same load: {plain['rps']:.0f} requests/s;"
         f" the gateway flat out is {flat_out.load['rps'] / plain['rps']:.2f} of that"
@@ -390,7 +449,14 @@ routes:
             f"bare uvicorn with --workers {args.processes} under the same load: {several['rps']:.0f} requests/s;"
             f" the gateway flat out is {flat_out.load['rps'] / several['rps']:.2f} of that"
         )
-    print(f"gateway peak RSS: {rss:.0f} MiB (all its processes); every accepted event reached the receiver")
+    print(
+        f"gateway peak RSS: {rss_alone:.0f} MiB ingesting alone, {rss:.0f} MiB delivering (all its processes);"
+        " every accepted event reached the receiver"
+    )
+    print(
+        "ingest alone: `serve --no-worker`, nothing delivered during the load; its drain is the delivering gateway's,"
+        " from its first delivery"
+    )
     print(f"(files in {work})")
     return 0
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -62,10 +64,13 @@ from gateway.store.statements import (
 )
 
 SCHEMA_VERSION = 1
-WAL_PAGES = 10_000
-"""The write-ahead log is copied into the database file once it holds this many pages (40 MiB): rarer, larger
-checkpoints write each hot index page once for many commits (1,000, SQLite's default, ingested 10% fewer webhooks
-in bench/run.py)."""
+CHECKPOINT_EVERY = 0.1
+"""Seconds between two copies of the write-ahead log into the database file, made by a thread of their own."""
+RESTART_PAGES = 4_000
+"""Past this many pages (16 MiB) the log is started over, writers waiting a moment: under a steady load the
+background copy never catches up with the last commit, which a restart needs."""
+INLINE_CHECKPOINT_PAGES = 4 * RESTART_PAGES
+"""A commit copies the log itself only past this: should the background copy ever stop, the log stays bounded."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -216,6 +221,7 @@ GROUP BY sink
 """
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
 
+logger = logging.getLogger(__name__)
 R = TypeVar("R")
 BUSY_TIMEOUT = 10.0
 """Seconds a write waits for another process's by default, before the store reports the database locked."""
@@ -231,6 +237,7 @@ class SQLiteStore:
         self._pending: list[_Write] = []
         self._committing = False
         self._committed = anyio.Event()
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -238,6 +245,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self._connection = await self._in_thread(self._connect)
+        self._checkpointer = _Checkpointer(self._connect_checkpointer, CHECKPOINT_EVERY, RESTART_PAGES)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,10 +264,15 @@ class SQLiteStore:
             raise
         return connection
 
+    def _connect_checkpointer(self) -> _Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout, factory=_Connection)
+        connection.open_writer_lock(Path(f"{self.path}-writer.lock"), self.busy_timeout)
+        return connection
+
     def _set_up(self, connection: sqlite3.Connection) -> None:
         connection.execute("PRAGMA journal_mode = WAL")  # refused at once, not retried, while another sets it
         connection.execute("PRAGMA synchronous = FULL")
-        connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+        connection.execute(f"PRAGMA wal_autocheckpoint = {INLINE_CHECKPOINT_PAGES}")
         connection.execute("PRAGMA foreign_keys = ON")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -281,6 +294,9 @@ class SQLiteStore:
 
     async def close(self) -> None:
         self._doorbell.close()
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            await anyio.to_thread.run_sync(checkpointer.stop)
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._one_at_a_time)
@@ -587,6 +603,47 @@ class _Connection(sqlite3.Connection):
         super().close()
         if self._writer_lock is not None:
             self._writer_lock.close()
+
+
+class _Checkpointer:
+    """Copies the write-ahead log into the database file from a thread and connection of its own, so that no commit
+    (and no webhook waiting for one) pays for it. A checkpoint by another process at the same time is skipped."""
+
+    def __init__(self, connect: Callable[[], _Connection], every: float, restart_pages: int) -> None:
+        self.connect = connect
+        self.every = every
+        self.restart_pages = restart_pages
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            db = self.connect()
+        except sqlite3.Error as error:
+            logger.error("no background checkpoints (%s); commits will copy the log themselves", error)
+            return
+        try:
+            while not self._stopping.wait(self.every):
+                try:
+                    self._checkpoint(db)
+                except sqlite3.Error as error:  # e.g. a full disk: commits fail too, and say so
+                    logger.warning("checkpoint failed (it will be tried again): %s", error)
+        finally:
+            db.close()
+
+    def _checkpoint(self, db: _Connection) -> None:
+        _, pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if pages >= self.restart_pages:
+            db.lock_writers()
+            try:
+                db.execute("PRAGMA wal_checkpoint(RESTART)")
+            finally:
+                db.unlock_writers()
 
 
 class _transaction:

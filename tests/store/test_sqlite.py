@@ -13,19 +13,20 @@ import pytest
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from gateway.store.sqlite import INLINE_CHECKPOINT_PAGES, SCHEMA_VERSION, SQLiteStore
 from tests.store.test_contract import record
+from tests.test_faults import until
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_the_database_runs_in_wal_mode_with_full_sync_and_rarer_checkpoints(tmp_path: Path) -> None:
+async def test_the_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "g.db")
     await store.open()
     assert store._connection is not None
     assert store._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    assert store._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
     await store.close()
 
 
@@ -118,3 +119,35 @@ async def test_processes_opening_a_new_database_together_all_open_it(tmp_path: P
             await store.close()
     print(f"40 stores opened four at a time on new files: {opened} opened")
     assert opened == 40
+
+
+async def test_the_log_is_copied_into_the_database_in_the_background_not_by_commits(tmp_path: Path) -> None:
+    database = tmp_path / "g.db"
+    store = SQLiteStore(database)
+    await store.open()
+    assert store._connection is not None
+    assert store._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
+    for n in range(50):
+        await store.ingest(record(f"evt_{n}", id=f"event-{n}"), [Target("crm")])
+    pages = store._connection.execute("PRAGMA page_count").fetchone()[0]  # as read through the log
+
+    def in_the_file() -> int:
+        return database.stat().st_size // 4096
+
+    await until(lambda: in_the_file() == pages, "the background checkpoint", 5)
+    await store.close()
+    print(f"50 commits, far below the {INLINE_CHECKPOINT_PAGES} pages of a checkpoint by a commit: {pages} pages")
+    print("in the database file")
+
+
+async def test_a_log_that_keeps_growing_under_load_is_started_over(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    await store.open()
+    assert store._checkpointer is not None
+    store._checkpointer.every, store._checkpointer.restart_pages = 0.01, 100
+    for n in range(2_000):  # 2,000 commits back to back, a few pages each: the background copy never catches up
+        await store.ingest(record(f"evt_{n}", id=f"event-{n}"), [Target("crm")])
+    log_bytes = (tmp_path / "g.db-wal").stat().st_size
+    await store.close()
+    print(f"2,000 commits with a restart past 100 pages: the log file is {log_bytes / 4096:.0f} pages long")
+    assert log_bytes < 8_000 * 4096  # never started over, it holds every commit's pages: 16,000 here
