@@ -6,6 +6,7 @@ The worker talks to the store through its protocol and never writes SQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -244,7 +245,7 @@ class Worker:
                 ledger=StoreLedger(self.store, claimed.id, self.clock),
                 state=StoreState(self.store, lane.name, self.clock),
             )
-            with anyio.fail_after(lane.timeout):
+            async with asyncio.timeout(lane.timeout):  # cheaper than a cancel scope on this hot path
                 receipt = await lane.sink.deliver(event, delivery)
         except PermanentDeliveryError as error:
             return _Result("permanent", error.status_code, _excerpt(error), dead_reason=error.reason)
