@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
 import pytest
 
 from gateway.config import Config
+from gateway.events import AppointmentEvent
 from gateway.exceptions import StorageError
+from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Running, running_gateway
@@ -58,6 +61,32 @@ async def accepted(gateway: Running, body: dict[str, Any]) -> str:
 async def only_delivery(gateway: Running, event_id: str) -> Any:
     (delivery,) = await gateway.store.deliveries(event_id)
     return delivery
+
+
+class Hanging(Sink):
+    """A plugin sink that never answers and ignores its own timeout."""
+
+    type_name = "hanging"
+
+    async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
+        await anyio.sleep_forever()
+        return None
+
+
+async def test_a_sink_that_never_answers_is_cut_off_at_its_timeout_and_retried(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 50ms, retry: {schedule: [1m]}")))
+    async with running_gateway(config) as gateway:
+        lane = gateway.worker.lanes["crm"]
+        gateway.worker.lanes["crm"] = replace(lane, sink=Hanging("crm", lane.sink.options, timeout=lane.timeout))
+        event_id = await accepted(gateway, event())
+        with anyio.fail_after(5):
+            assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+        (attempt,) = await gateway.store.attempts(delivery.id)
+    assert (attempt.outcome, attempt.detail) == ("retryable", "timed out after 0.05s")
+    assert delivery.status == "pending" and delivery.next_attempt_at == attempt.started_at + 60
 
 
 async def test_retries_follow_the_schedule_on_the_injected_clock(
