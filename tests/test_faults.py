@@ -29,7 +29,7 @@ from gateway.signing import hmac_sha256_hex
 from gateway.sources.base import load_samples
 from tests.conftest import MONCRENEAU_SECRET
 from tests.receiver import Answer, Request, receiver
-from tests.test_cli import free_port
+from tests.test_cli import free_port, serving_children
 
 pytestmark = [pytest.mark.fault, pytest.mark.anyio]
 
@@ -161,6 +161,60 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
     )
     assert acknowledged <= set(received)
     assert duplicated <= in_flight
+
+
+async def test_one_of_several_serving_processes_sigkilled_under_load_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """`serve --processes 2`: one process dies mid-load; the other answers meanwhile, uvicorn's supervisor starts a
+    replacement, and a provider retrying what was not acknowledged gets everything delivered."""
+    port, events = free_port(), 600
+    async with receiver() as crm:
+        config = configure(tmp_path, port, crm.url)
+        acknowledged: set[str] = set()
+        failures: Counter[str] = Counter()
+        with gateway(config, port, tmp_path / "gateway.log", "--processes", "2") as process:
+            await until(lambda: len(serving_children(process.pid)) == 2, "two serving processes", 30)
+            first = serving_children(process.pid)
+            async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=16)) as client:
+
+                async def post(n: int) -> None:
+                    raw, headers = signed(n)
+                    while f"evt_{n}" not in acknowledged:  # as a provider does: again until acknowledged
+                        try:
+                            response = await client.post(
+                                f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                            )
+                        except httpx.HTTPError as error:
+                            failures[type(error).__name__] += 1
+                            await anyio.sleep(0.05)
+                            continue
+                        assert response.status_code in (200, 202), response.text
+                        acknowledged.add(f"evt_{n}")
+
+                async def kill_midway() -> None:
+                    await until(lambda: len(acknowledged) >= events // 3, "a third acknowledged", 60)
+                    os.kill(max(first, key=open_sockets), signal.SIGKILL)  # the one holding our connections
+
+                async with anyio.create_task_group() as load:
+                    load.start_soon(kill_midway)
+                    for n in range(events):
+                        load.start_soon(post, n)
+            await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
+            replaced = serving_children(process.pid) - first
+        received = delivered_ids(crm.requests)
+    duplicated = {event for event, count in received.items() if count > 1}
+    print(
+        f"\nsent {events}, all acknowledged in the end ({dict(failures)} refused by the killed process and sent"
+        f" again), delivered {len(received)} distinct ({sum(received.values())} requests), duplicated"
+        f" {len(duplicated)}; replacement process: {sorted(replaced)}"
+    )
+    assert len(acknowledged) == events and acknowledged <= set(received)
+    assert len(replaced) == 1
+
+
+def open_sockets(pid: int) -> int:
+    return sum(os.readlink(fd).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
 
 
 async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(tmp_path: Path) -> None:
