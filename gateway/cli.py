@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import logging
@@ -156,7 +157,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         "log_config": None,  # uvicorn's loggers go through ours: JSON, redacted
     }
     if processes == 1:
-        uvicorn.run(create_app(config, run_worker=False if args.no_worker else None), **options)
+        app = create_app(config, run_worker=False if args.no_worker else None)
+        _collect_less()
+        uvicorn.run(app, **options)
         return 0
     # uvicorn's supervisor: one listening socket, the processes spawned on it, restarted when one dies
     os.environ[SERVED_CONFIG], os.environ[SERVED_WITHOUT_WORKER] = str(config.path.absolute()), str(args.no_worker)
@@ -177,7 +180,17 @@ def served_app() -> GatewayApp:
     from gateway.app import create_app
 
     config = _configured(os.environ[SERVED_CONFIG])
-    return create_app(config, run_worker=False if os.environ[SERVED_WITHOUT_WORKER] == "True" else None)
+    app = create_app(config, run_worker=False if os.environ[SERVED_WITHOUT_WORKER] == "True" else None)
+    _collect_less()
+    return app
+
+
+def _collect_less() -> None:
+    """What is built by start-up (modules, configuration, the app) lives as long as the process: frozen, a full
+    garbage collection no longer walks it; and young collections run every 50,000 allocations instead of 700. With
+    Python's defaults, collections paused webhooks under load: bench p99 45 ms, 27 ms after this, 4% more taken."""
+    gc.freeze()
+    gc.set_threshold(50_000)
 
 
 def _worker(config: Config, args: argparse.Namespace) -> int:
@@ -193,6 +206,7 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
                     logging.getLogger(__name__).info("%s received: stopping the worker", signal.Signals(received).name)
                     return
 
+    _collect_less()
     try:
         anyio.run(work, backend_options={"use_uvloop": importlib.util.find_spec("uvloop") is not None})
     except StorageError as error:

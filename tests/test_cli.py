@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.cli import main
+from gateway.cli import SERVED_CONFIG, SERVED_WITHOUT_WORKER, main, served_app
 from gateway.config import Config
 from gateway.sources.base import load_samples
 from tests.conftest import MONCRENEAU_SECRET, moncreneau_request
@@ -255,6 +256,21 @@ sources:
         answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=forged)
         stopped_gracefully(server)
     assert answer.status_code == 403 and "127.0.0.1 may not post" in answer.json()["detail"]
+
+
+def test_a_serving_process_keeps_its_start_up_objects_out_of_garbage_collections(
+    write_config: Callable[[str], Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config("")
+    monkeypatch.setenv(SERVED_CONFIG, str(config.path))
+    monkeypatch.setenv(SERVED_WITHOUT_WORKER, "True")
+    thresholds = gc.get_threshold()
+    try:
+        served_app()
+        assert gc.get_freeze_count() > 10_000 and gc.get_threshold()[0] == 50_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_serve_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
