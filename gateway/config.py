@@ -97,7 +97,7 @@ class SinkConfig(_Strict):
     type: str
     options: dict[str, Any] = Field(default_factory=dict)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    concurrency: int = Field(4, ge=1, description="Attempts in flight at once for this sink")
+    concurrency: int = Field(4, ge=1, description="Attempts in flight at once for this sink, in each worker process")
     timeout: Duration = Field(10.0, gt=0, description="An attempt running longer is abandoned and retried")
 
 
