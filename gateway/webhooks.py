@@ -1,7 +1,7 @@
 """The webhook endpoint, `POST /webhooks/<source>`: plain ASGI, answered ahead of the Starlette application.
 
-It is the hot path: skipping Starlette's middleware, router, request and response objects saves a tenth of the
-CPU a webhook costs (bench/run.py, profiled with py-spy). Everything else the gateway serves goes through Starlette.
+It is the hot path: without Starlette's middleware, router, request and response objects a process takes 8% more
+webhooks (2,600 -> 2,820/s in one measurement, profiled with py-spy). Everything else goes through Starlette.
 """
 
 from __future__ import annotations
