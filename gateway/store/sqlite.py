@@ -238,6 +238,8 @@ class SQLiteStore:
         self._committing = False
         self._committed = anyio.Event()
         self._checkpointer: _Checkpointer | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._one_read_at_a_time = anyio.CapacityLimiter(1)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -245,6 +247,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self._connection = await self._in_thread(self._connect)
+        self._reader = await self._in_thread(self._connect_reader, self._one_read_at_a_time)
         self._checkpointer = _Checkpointer(self._connect_checkpointer, CHECKPOINT_EVERY, RESTART_PAGES)
 
     def _connect(self) -> sqlite3.Connection:
@@ -262,6 +265,13 @@ class SQLiteStore:
         except BaseException:
             connection.close()
             raise
+        return connection
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
+        connection.execute("PRAGMA query_only = 1")
         return connection
 
     def _connect_checkpointer(self) -> _Connection:
@@ -297,6 +307,9 @@ class SQLiteStore:
         if self._checkpointer is not None:
             checkpointer, self._checkpointer = self._checkpointer, None
             await anyio.to_thread.run_sync(checkpointer.stop)
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await anyio.to_thread.run_sync(reader.close, limiter=self._one_read_at_a_time)
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._one_at_a_time)
@@ -386,7 +399,7 @@ class SQLiteStore:
         await self._write(release)
 
     async def get_state(self, sink: str, key: str) -> str | None:
-        return await self._run(lambda db: (db.execute(GET_STATE, (sink, key)).fetchone() or (None,))[0])
+        return await self._read(lambda db: (db.execute(GET_STATE, (sink, key)).fetchone() or (None,))[0])
 
     async def set_state(self, sink: str, key: str, value: str, *, now: float) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -396,10 +409,10 @@ class SQLiteStore:
         await self._write(write)
 
     async def list_state(self, sink: str, prefix: str) -> dict[str, str]:
-        return await self._run(lambda db: dict(db.execute(LIST_STATE, (sink, len(prefix), prefix)).fetchall()))
+        return await self._read(lambda db: dict(db.execute(LIST_STATE, (sink, len(prefix), prefix)).fetchall()))
 
     async def sent_messages(self, delivery_id: str) -> dict[str, str]:
-        return await self._run(lambda db: dict(db.execute(SELECT_SENT, (delivery_id,)).fetchall()))
+        return await self._read(lambda db: dict(db.execute(SELECT_SENT, (delivery_id,)).fetchall()))
 
     async def record_sent(self, delivery_id: str, recipient: str, provider_message_id: str, *, at: float) -> None:
         def record(db: sqlite3.Connection) -> None:
@@ -419,7 +432,7 @@ class SQLiteStore:
             rows = db.execute(LIST_EVENTS.format(where=where.sql), [*where.parameters, limit]).fetchall()
             return [summary(row) for row in rows]
 
-        return await self._run(select)
+        return await self._read(select)
 
     async def replay(self, event_id: str, *, sink: str | None = None, now: float) -> list[str]:
         where = Where("?", "status IN ('succeeded', 'dead')")
@@ -439,13 +452,13 @@ class SQLiteStore:
             rows = db.execute(LIST_DEAD_LETTERS.format(where=where.sql), [*where.parameters, limit]).fetchall()
             return [DeadLetter(*row) for row in rows]
 
-        return await self._run(select)
+        return await self._read(select)
 
     async def requeue_dead_letters(self, query: DeadLetterQuery, *, now: float, dry_run: bool = False) -> int:
         where = dead_letter_conditions(query, "?")
         if dry_run:
             sql = f"SELECT count(*) FROM ({DEAD_LETTER_IDS.format(where=where.sql)})"
-            return await self._run(lambda db: int(db.execute(sql, where.parameters).fetchone()[0]))
+            return await self._read(lambda db: int(db.execute(sql, where.parameters).fetchone()[0]))
         selection = Where("?", f"id IN ({DEAD_LETTER_IDS.format(where=where.sql)})")
         selection.parameters.extend(where.parameters)
         return len(await self._requeue(selection, now))
@@ -483,10 +496,10 @@ class SQLiteStore:
                 for sink, pending, due, oldest, dead in db.execute(SINK_STATS, {"now": now})
             }
 
-        return await self._run(stats)
+        return await self._read(stats)
 
     async def ping(self) -> None:
-        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        await self._read(lambda db: db.execute("SELECT 1").fetchone())
 
     async def _requeue(self, where: Where, now: float) -> list[str]:
         def requeue(db: sqlite3.Connection) -> list[str]:
@@ -507,16 +520,16 @@ class SQLiteStore:
             columns["headers"] = json.loads(columns["headers"])
             return EventRecord(**columns)
 
-        return await self._run(get)
+        return await self._read(get)
 
     async def deliveries(self, event_id: str) -> list[DeliveryRow]:
-        return await self._run(lambda db: [DeliveryRow(*row) for row in db.execute(SELECT_DELIVERIES, (event_id,))])
+        return await self._read(lambda db: [DeliveryRow(*row) for row in db.execute(SELECT_DELIVERIES, (event_id,))])
 
     async def attempts(self, delivery_id: str) -> list[AttemptRecord]:
-        return await self._run(lambda db: [AttemptRecord(*row) for row in db.execute(SELECT_ATTEMPTS, (delivery_id,))])
+        return await self._read(lambda db: [AttemptRecord(*row) for row in db.execute(SELECT_ATTEMPTS, (delivery_id,))])
 
     async def count_events(self) -> int:
-        return await self._run(lambda db: int(db.execute(COUNT_EVENTS).fetchone()[0]))
+        return await self._read(lambda db: int(db.execute(COUNT_EVENTS).fetchone()[0]))
 
     async def _write(self, operation: Callable[[sqlite3.Connection], R]) -> R:
         """Group commit: writes that arrive while one commit runs wait for it, then go in the next transaction
@@ -555,14 +568,22 @@ class SQLiteStore:
             raise StorageError(f"SQLite {self.path}: the store is not open")
         return await self._in_thread(lambda: operation(connection))
 
-    async def _in_thread(self, call: Callable[[], R]) -> R:
+    async def _read(self, operation: Callable[[sqlite3.Connection], R]) -> R:
+        """A read on a connection and thread of its own: in WAL mode it sees every commit and waits for none, so a
+        scrape or an admin query never holds up a webhook's commit."""
+        connection = self._reader
+        if connection is None:
+            raise StorageError(f"SQLite {self.path}: the store is not open")
+        return await self._in_thread(lambda: operation(connection), self._one_read_at_a_time)
+
+    async def _in_thread(self, call: Callable[[], R], limiter: anyio.CapacityLimiter | None = None) -> R:
         def guarded() -> R:
             try:
                 return call()
             except (sqlite3.Error, OSError) as error:
                 raise StorageError(f"SQLite {self.path}: {error}") from error
 
-        return await anyio.to_thread.run_sync(guarded, limiter=self._one_at_a_time)
+        return await anyio.to_thread.run_sync(guarded, limiter=limiter or self._one_at_a_time)
 
 
 class _Connection(sqlite3.Connection):

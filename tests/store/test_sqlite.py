@@ -6,9 +6,11 @@ import fcntl
 import sqlite3
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from gateway.exceptions import StorageError
@@ -151,3 +153,24 @@ async def test_a_log_that_keeps_growing_under_load_is_started_over(tmp_path: Pat
     await store.close()
     print(f"2,000 commits with a restart past 100 pages: the log file is {log_bytes / 4096:.0f} pages long")
     assert log_bytes < 8_000 * 4096  # never started over, it holds every commit's pages: 16,000 here
+
+
+async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    await store.open()
+    await store.ingest(record("evt_1", id="event-1"), [Target("crm")])
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(db: sqlite3.Connection) -> None:  # a long group commit, say
+        writing.set()
+        release.wait(10)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(store._write, slow_write)
+        await anyio.to_thread.run_sync(writing.wait)
+        with anyio.fail_after(2):  # the scrape and the admin read, while the writer's thread is busy
+            stats = await store.sink_stats(now=2000.0)
+            assert await store.count_events() == 1
+        release.set()
+    await store.close()
+    assert stats["crm"].pending == 1
