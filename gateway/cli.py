@@ -143,7 +143,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     if (exposed := admin_exposure(config.settings.admin, host)) is not None:
         print(f"{config.path}: {exposed}", file=sys.stderr)
         return CONFIG_ERROR
-    processes = args.processes or server.processes
+    processes = server.processes if args.processes is None else args.processes
     if processes < 1:
         print(f"--processes {processes}: serve needs at least one process", file=sys.stderr)
         return CONFIG_ERROR

@@ -285,6 +285,14 @@ def test_serve_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
     )
 
 
+def test_serve_refuses_fewer_than_one_process(
+    write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config("")
+    assert main(["-c", str(config.path), "serve", "--processes", "0"]) == 2
+    assert "--processes 0: serve needs at least one process" in capsys.readouterr().err
+
+
 def test_migrate_brings_a_postgresql_schema_up_to_date_and_serve_refuses_one_behind(
     tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
