@@ -248,15 +248,12 @@ class SQLiteStore:
     async def open(self) -> None:
         self._connection = await self._in_thread(self._connect)
         self._reader = await self._in_thread(self._connect_reader, self._one_read_at_a_time)
-        self._checkpointer = _Checkpointer(self._connect_checkpointer, CHECKPOINT_EVERY, RESTART_PAGES)
+        self._checkpointer = _Checkpointer(self._connect_writer, CHECKPOINT_EVERY, RESTART_PAGES)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout, factory=_Connection
-        )
+        connection = self._connect_writer(check_same_thread=False)
         try:
-            connection.open_writer_lock(Path(f"{self.path}-writer.lock"), self.busy_timeout)
             connection.lock_writers()  # processes starting together (serve --processes N) set up a new file in turn
             try:
                 self._set_up(connection)
@@ -274,9 +271,20 @@ class SQLiteStore:
         connection.execute("PRAGMA query_only = 1")
         return connection
 
-    def _connect_checkpointer(self) -> _Connection:
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout, factory=_Connection)
-        connection.open_writer_lock(Path(f"{self.path}-writer.lock"), self.busy_timeout)
+    def _connect_writer(self, *, check_same_thread: bool = True) -> _Connection:
+        """A connection that takes the lock file every process on the database shares before it writes."""
+        connection = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=check_same_thread,
+            timeout=self.busy_timeout,
+            factory=_Connection,
+        )
+        try:
+            connection.open_writer_lock(Path(f"{self.path}-writer.lock"), self.busy_timeout)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _set_up(self, connection: sqlite3.Connection) -> None:
