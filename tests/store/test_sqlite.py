@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import sqlite3
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -15,7 +17,7 @@ import pytest
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.sqlite import INLINE_CHECKPOINT_PAGES, SCHEMA_VERSION, SQLiteStore
+from gateway.store.sqlite import INLINE_CHECKPOINT_PAGES, SCHEMA_VERSION, SQLiteStore, _Checkpointer, _Connection
 from tests.store.test_contract import record
 from tests.test_faults import until
 
@@ -174,3 +176,26 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         release.set()
     await store.close()
     assert stats["crm"].pending == 1
+
+
+def test_a_checkpointer_that_cannot_connect_or_checkpoint_says_so_and_stops_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused() -> _Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    def closed() -> _Connection:  # every checkpoint on it fails
+        connection = sqlite3.connect(tmp_path / "g.db", factory=_Connection)
+        connection.close()
+        return connection
+
+    with caplog.at_level(logging.WARNING, logger="gateway.store.sqlite"):
+        _Checkpointer(refused, 0.01, 100).stop()
+        failing = _Checkpointer(closed, 0.01, 100)
+        deadline = time.monotonic() + 5
+        while caplog.text.count("checkpoint failed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert failing._thread.is_alive()  # a failed round is logged, and the next one comes
+        failing.stop()
+    assert "no background checkpoints (unable to open database file)" in caplog.text
+    assert caplog.text.count("checkpoint failed (it will be tried again)") >= 2
