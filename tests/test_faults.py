@@ -108,6 +108,10 @@ def delivered_ids(requests: list[Request]) -> Counter[str]:
     return Counter(json.loads(r.body)["provider_event_id"] for r in requests)
 
 
+def more_than_once(received: Counter[str]) -> set[str]:
+    return {event for event, count in received.items() if count > 1}
+
+
 async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     port, events = free_port(), 600
     async with receiver() as crm:
@@ -153,7 +157,7 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
         with gateway(config, port, tmp_path / "gateway.log"):
             await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
         received = delivered_ids(crm.requests)
-    duplicated = {event for event, count in received.items() if count > 1}
+    duplicated = more_than_once(received)
     print(
         f"\nsent {events}, acknowledged {len(acknowledged)} before the kill stopped the load, delivered "
         f"{len(received)} distinct ({sum(received.values())} requests), duplicated {len(duplicated)}, in flight "
@@ -203,7 +207,7 @@ async def test_one_of_several_serving_processes_sigkilled_under_load_loses_nothi
             await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
             replaced = serving_children(process.pid) - first
         received = delivered_ids(crm.requests)
-    duplicated = {event for event, count in received.items() if count > 1}
+    duplicated = more_than_once(received)
     print(
         f"\nsent {events}, all acknowledged in the end ({dict(failures)} refused by the killed process and sent"
         f" again), delivered {len(received)} distinct ({sum(received.values())} requests), duplicated"
@@ -261,7 +265,7 @@ async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(
                 await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
                 successor.terminate()
         received = delivered_ids(crm.requests)
-    duplicated = {event for event, count in received.items() if count > 1}
+    duplicated = more_than_once(received)
     print(
         f"\nsent {events}, acknowledged {len(acknowledged)}, delivered {len(received)} distinct "
         f"({sum(received.values())} requests), duplicated {len(duplicated)}, leased by the killed worker "
