@@ -253,6 +253,10 @@ class Worker:
             return _Result("retryable", error.status_code, _excerpt(error), error.retry_after)
         except TimeoutError:
             return _Result("retryable", detail=f"timed out after {lane.timeout:g}s")
+        except (OverflowError, UnicodeError) as error:  # the event's data (a date out of range, text that is not)
+            logger.warning("sink %s could not use the data of delivery %s: %s", lane.name, claimed.id, error)
+            detail = _excerpt(error, f"bad data: {type(error).__name__}: ")
+            return _Result("permanent", detail=detail, dead_reason="bad data")
         except Exception as error:
             logger.exception("sink %s raised an unexpected error on delivery %s", lane.name, claimed.id)
             return _Result("retryable", detail=_excerpt(error, f"{type(error).__name__}: "))

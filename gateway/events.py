@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from gateway.cleaning import email_address, single_line
 
 EventType = Literal[
     "appointment.created",
@@ -25,11 +27,28 @@ class _Model(BaseModel):
 
 
 class Customer(_Model):
+    """Whoever booked; every text field is customer-typed, so control characters (CR, LF...) are replaced by a
+    space, and `email` is one valid address or null (what was sent then stays in `email_raw`)."""
+
     id: str | None = None
     name: str | None = None
     phone: str | None = Field(None, description="E.164 (+224621234567) when the provider's number could be parsed")
-    phone_raw: str | None = Field(None, description="The number exactly as the provider sent it")
-    email: str | None = None
+    phone_raw: str | None = Field(None, description="The number as the provider sent it, control characters removed")
+    email: str | None = Field(None, description="One valid address, or null")
+    email_raw: str | None = Field(None, description="What the provider sent when it is not one valid address")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {key: single_line(value) if isinstance(value, str) else value for key, value in data.items()}
+        email = data.get("email")
+        if isinstance(email, str):
+            data["email"] = email_address(email) if email else None
+            if data["email"] is None and email:
+                data["email_raw"] = email
+        return data
 
 
 class Organisation(_Model):

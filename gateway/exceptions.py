@@ -28,6 +28,15 @@ class PermanentDeliveryError(DeliveryError):
         self.reason = reason
 
 
+class BadEventData(PermanentDeliveryError):
+    """The event's own data cannot be delivered (a date out of range, a line break where a header goes): trying
+    again cannot help, so it is permanent, with reason `bad data`, and the appointment's next events go on."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"bad data in {field}: {problem}", reason="bad data")
+        self.field = field
+
+
 class RetryableDeliveryError(DeliveryError):
     """The failure may pass (rate limit, outage); `retry_after` seconds is the earliest the sink may be tried again."""
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.cleaning import may_hold_surrogates, without_surrogates
 from gateway.clock import Clock, to_datetime
 from gateway.exceptions import WebhookRejected
 from gateway.metrics import Metrics
@@ -103,7 +104,9 @@ class Ingest:
 
 
 def _json(body: bytes) -> Any:
+    """The parsed body; a lone surrogate escape (`"\\ud800"`, valid JSON but not text) is read as U+FFFD."""
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise WebhookRejected(400, "invalid_json", f"the body is not JSON: {error}") from None
+    return without_surrogates(value) if may_hold_surrogates(body) else value

@@ -6,6 +6,7 @@ template's `locale`, in the appointment's own `timezone` (Babel).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ from babel.dates import format_date, format_datetime, format_time
 from jinja2 import StrictUndefined, TemplateError, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError
@@ -67,6 +69,17 @@ _environment = ImmutableSandboxedEnvironment(
 _environment.filters.update(datetime=_datetime_filter, date=_date_filter, time=_time_filter)
 
 
+def _inside_json_string(value: Any) -> Any:
+    """What `{{ ... }}` writes in a JSON body: text escaped for a JSON string (quotes, backslashes, line breaks),
+    so that a customer's `", "role": "admin"` stays inside the string it was put in; `| tojson` writes JSON."""
+    if isinstance(value, Markup):  # tojson's output, already JSON
+        return value
+    return json.dumps(str(value), ensure_ascii=False)[1:-1]
+
+
+_json_environment = _environment.overlay(finalize=_inside_json_string)
+
+
 def check_syntax(source: str) -> str:
     """`source` unchanged, or ValueError naming the line of its syntax error (for config validation)."""
     try:
@@ -108,10 +121,15 @@ def event_context(event: AppointmentEvent, delivery: Delivery, locale: str | Non
     return context
 
 
-def render(source: str, name: str, context: dict[str, Any]) -> str:
-    """Render a template; a failure is a permanent delivery error naming the template."""
+def render(source: str, name: str, context: dict[str, Any], *, json_body: bool = False) -> str:
+    """Render a template; a failure is a permanent delivery error naming the template. With `json_body`, every
+    value is escaped for a JSON string, and the result must be JSON."""
+    environment = _json_environment if json_body else _environment
     try:
-        return _environment.from_string(source).render(context)
+        rendered = environment.from_string(source).render(context)
+        if json_body:
+            json.loads(rendered)
+        return rendered
     except TemplateError as error:
         raise PermanentDeliveryError(f"template {name} failed: {error}", reason="template error") from None
     except (ValueError, TypeError, LookupError) as error:  # a filter given something that is not a time

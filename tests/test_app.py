@@ -229,12 +229,38 @@ async def test_events_survive_a_restart(write_config: Callable[[str], Config]) -
         assert (await second.post_moncreneau(sample("moncreneau.json", "appointment.created"))).status_code == 200
 
 
+async def test_a_lone_surrogate_is_accepted_as_a_replacement_character(gateway: Running) -> None:
+    body = sample("moncreneau.json", "appointment.created")
+    body["data"]["object"]["name"] = "Jean \ud800 Dupont"
+    raw = json.dumps(body).encode()  # ensure_ascii writes the escape "\ud800", as a provider would
+    assert b"\\ud800" in raw
+    response = await gateway.client.post("/webhooks/moncreneau", content=raw, headers=moncreneau_request(body)[1])
+    assert response.status_code == 202, response.text
+    record = await gateway.store.get_event(response.json()["event_id"])
+    assert record is not None and record.canonical is not None
+    assert json.loads(record.canonical)["customer"]["name"] == "Jean \ufffd Dupont"
+
+
+@pytest.mark.parametrize("created", [20260125, "20260125", 1769351400.5])
+async def test_a_number_where_a_date_time_belongs_gets_400_naming_the_field(gateway: Running, created: Any) -> None:
+    body = sample("moncreneau.json", "appointment.created")
+    body["created"] = created
+    response = await gateway.post_moncreneau(body)
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("created: expected an ISO 8601 date-time")
+    assert await stored(gateway) == 0
+
+
 async def test_healthz(gateway: Running) -> None:
     assert (await gateway.client.get("/healthz")).json() == {"status": "ok"}
 
 
+hostile_text = st.text(st.characters(exclude_categories=()), max_size=20) | st.sampled_from(
+    ["\ud800", "a\r\nBcc: x@evil.test", "\x00", "20260125", "9999-12-31T23:59:00Z", "a@b.gn, c@evil.test"]
+)
+"""Any code point, lone surrogates and controls included, and a few known-hostile values."""
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_text,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )

@@ -73,6 +73,35 @@ class Hanging(Sink):
         return None
 
 
+class ChokesOnData(Sink):
+    """A plugin sink that fails on the event's data without saying so (year 9999 plus a duration, a CR LF...)."""
+
+    type_name = "chokes"
+
+    async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
+        if event.type == "appointment.created":
+            raise OverflowError("date value out of range")
+        return None
+
+
+async def test_a_sink_failing_on_the_events_data_dead_letters_it_as_bad_data_and_the_next_event_goes_on(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1m]}")))
+    async with running_gateway(config) as gateway:
+        lane = gateway.worker.lanes["crm"]
+        gateway.worker.lanes["crm"] = replace(lane, sink=ChokesOnData("crm", lane.sink.options, timeout=lane.timeout))
+        created = await accepted(gateway, event())
+        cancelled = await accepted(gateway, event("appointment.cancelled"))
+        assert await gateway.worker.run_due() == 1
+        assert await gateway.worker.run_due() == 1  # not waiting 24 h of retries behind the first
+        first, second = await only_delivery(gateway, created), await only_delivery(gateway, cancelled)
+        (attempt,) = await gateway.store.attempts(first.id)
+    assert (first.status, first.dead_reason) == ("dead", "bad data")
+    assert attempt.outcome == "permanent" and attempt.detail == "bad data: OverflowError: date value out of range"
+    assert second.status == "succeeded"
+
+
 async def test_a_sink_that_never_answers_is_cut_off_at_its_timeout_and_retried(
     write_config: Callable[[str], Config], crm: Receiver
 ) -> None:

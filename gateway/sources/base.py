@@ -6,22 +6,75 @@ Built-in sources and third-party ones are registered alike, through the `registe
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
+from gateway.cleaning import CONTROL, single_line
 from gateway.events import AppointmentEvent
 from gateway.exceptions import WebhookRejected
 from gateway.ingress import RateLimit
 
 M = TypeVar("M", bound=BaseModel)
+ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+MAX_ID = 200
+HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f-\x9f\u2028\u2029\"'<>\\]{1,2000}\Z", re.IGNORECASE)
+
+
+def _iso_text(value: Any) -> Any:
+    """pydantic would read a number (or a numeric text) as seconds since 1970: a provider's date-time is text."""
+    if isinstance(value, str) and ISO_DATETIME.match(value):
+        return value
+    raise ValueError("expected an ISO 8601 date-time text such as 2026-01-25T14:30:00")
+
+
+def _identifier(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("expected an identifier: text or an integer")
+    text = str(value)
+    if not text or len(text) > MAX_ID or CONTROL.search(text):
+        raise ValueError(f"expected an identifier of 1 to {MAX_ID} characters without control characters")
+    return text
+
+
+def _zone_name(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name[:60]!r} is not an IANA time zone") from None
+    return name
+
+
+# Strict types for provider payloads: a signed body is still customer-typed input, so nothing is coerced.
+ProviderTime = Annotated[datetime, BeforeValidator(_iso_text)]
+"""An ISO 8601 date-time, never a number."""
+ProviderInt = StrictInt
+ProviderId = Annotated[str, BeforeValidator(_identifier)]
+"""An id as text: an integer or a string, 1-200 characters, no control characters."""
+ProviderText = Annotated[StrictStr, AfterValidator(single_line)]
+"""One line of text: control characters (CR, LF...) become a space."""
+ProviderZone = Annotated[StrictStr, AfterValidator(_zone_name)]
+ProviderUrl = Annotated[StrictStr, AfterValidator(lambda url: url if HTTP_URL.match(url) else None)]
+"""An absolute http(s) URL without spaces or control characters; anything else is dropped (None)."""
 
 
 class SourceOptions(BaseModel):
@@ -47,10 +100,9 @@ class SourceOptions(BaseModel):
     @classmethod
     def _known_zone(cls, name: str) -> str:
         try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{name!r} is not an IANA time zone; write e.g. Africa/Conakry or Europe/Paris") from None
-        return name
+            return _zone_name(name)
+        except ValueError as error:
+            raise ValueError(f"{error}; write e.g. Africa/Conakry or Europe/Paris") from None
 
     @field_validator("default_region")
     @classmethod
@@ -135,7 +187,7 @@ def validated(model: type[M], payload: Any, *, prefix: str = "") -> M:
         problems = []
         for item in error.errors(include_url=False):
             where = ".".join([*([prefix] if prefix else []), *(str(part) for part in item["loc"])])
-            problems.append(f"{where or '(body)'}: {item['msg']}")
+            problems.append(f"{where or '(body)'}: {item['msg'].removeprefix('Value error, ')}")
         raise WebhookRejected(400, "invalid_payload", "; ".join(problems)) from None
 
 

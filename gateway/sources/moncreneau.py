@@ -6,11 +6,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 
 from gateway import hookimpl
+from gateway.cleaning import email_address, single_line
 from gateway.events import (
     Actor,
     Appointment,
@@ -25,7 +26,19 @@ from gateway.events import (
 )
 from gateway.exceptions import WebhookRejected
 from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sources.base import Source, Webhook, load_samples, sample_from, validated, zulu
+from gateway.sources.base import (
+    ProviderId,
+    ProviderInt,
+    ProviderText,
+    ProviderTime,
+    ProviderUrl,
+    Source,
+    Webhook,
+    load_samples,
+    sample_from,
+    validated,
+    zulu,
+)
 
 SIGNATURE_HEADER = "x-moncreneau-signature"
 EVENT_TYPES = frozenset(
@@ -37,6 +50,9 @@ EVENT_TYPES = frozenset(
         "appointment.completed",
     }
 )
+CHANGE_KEY = r"^[A-Za-z][A-Za-z0-9_.]{0,63}$"
+CUSTOMER_TYPED = frozenset({"name", "phone", "email", "status", "departmentId"})
+"""Changed fields whose values are cleaned as the fields themselves are."""
 
 
 class _Payload(BaseModel):
@@ -46,19 +62,19 @@ class _Payload(BaseModel):
 
 
 class _Organization(_Payload):
-    id: int | str
-    name: str | None = None
+    id: ProviderId
+    name: ProviderText | None = None
 
 
 class _Department(_Payload):
-    id: int | str
-    name: str | None = None
+    id: ProviderId
+    name: ProviderText | None = None
     organization: _Organization | None = None
 
 
 class _Staff(_Payload):
-    id: int | str | None = None
-    name: str | None = None
+    id: ProviderId | None = None
+    name: ProviderText | None = None
 
 
 class _Change(_Payload):
@@ -67,33 +83,33 @@ class _Change(_Payload):
 
 
 class _TimeChange(_Payload):
-    from_: datetime | None = Field(None, alias="from")
-    to: datetime | None = None
+    from_: ProviderTime | None = Field(None, alias="from")
+    to: ProviderTime | None = None
 
 
 class _Appointment(_Payload):
-    id: int | str
-    departmentId: int | str
+    id: ProviderId
+    departmentId: ProviderId
     department: _Department | None = None
-    dateTime: datetime
-    status: str
-    name: str | None = None
-    phone: str | None = None
-    email: str | None = None
-    qrCode: str | None = None
-    createdAt: datetime | None = None
-    updatedAt: datetime | None = None
-    creditsUsed: int | None = None
-    changes: dict[str, _Change] = {}
-    cancelledAt: datetime | None = None
-    cancelledBy: str | _Staff | None = None
-    cancelReason: str | None = None
-    creditsRefunded: int | None = None
-    validatedAt: datetime | None = None
+    dateTime: ProviderTime
+    status: ProviderText
+    name: StrictStr | None = None
+    phone: StrictStr | None = None
+    email: StrictStr | None = None
+    qrCode: ProviderUrl | None = None
+    createdAt: ProviderTime | None = None
+    updatedAt: ProviderTime | None = None
+    creditsUsed: ProviderInt | None = None
+    changes: dict[Annotated[str, StringConstraints(pattern=CHANGE_KEY)], _Change] = {}
+    cancelledAt: ProviderTime | None = None
+    cancelledBy: ProviderText | _Staff | None = None
+    cancelReason: StrictStr | None = None
+    creditsRefunded: ProviderInt | None = None
+    validatedAt: ProviderTime | None = None
     validatedBy: _Staff | None = None
-    completedAt: datetime | None = None
-    duration: int | None = None
-    notes: str | None = None
+    completedAt: ProviderTime | None = None
+    duration: ProviderInt | None = None
+    notes: StrictStr | None = None
 
 
 class _Data(_Payload):
@@ -101,9 +117,9 @@ class _Data(_Payload):
 
 
 class _Envelope(_Payload):
-    id: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    created: datetime
+    id: ProviderId
+    type: str = Field(min_length=1, max_length=100)
+    created: ProviderTime
     data: _Data
 
 
@@ -208,17 +224,20 @@ class Moncreneau(Source):
         if key == "dateTime":
             times = validated(_TimeChange, change.model_dump(by_alias=True), prefix="data.object.changes.dateTime")
             return Change(from_=self.local_time(times.from_), to=self.local_time(times.to))
+        if key not in CUSTOMER_TYPED:
+            return Change(from_=change.from_, to=change.to)
+        if not _scalar(change):
+            raise WebhookRejected(400, "invalid_payload", f"data.object.changes.{key}: expected text or a number")
 
         def convert(value: Any) -> Any:
             if value is None:
                 return None
+            text = single_line(str(value))  # as the fields they change
+            if key == "email":
+                return email_address(text) or text
             if key == "phone":
-                return self.phone(str(value)) or value
-            if key == "status":
-                return str(value).lower()
-            if key == "departmentId":
-                return str(value)
-            return value
+                return self.phone(text) or text
+            return text.lower() if key == "status" else text
 
         return Change(from_=convert(change.from_), to=convert(change.to))
 
@@ -247,6 +266,10 @@ class Moncreneau(Source):
         if data.completedAt is None and data.duration is None and data.notes is None:
             return None
         return Completion(at=self.local_time(data.completedAt), duration_minutes=data.duration, notes=data.notes)
+
+
+def _scalar(change: _Change) -> bool:
+    return all(value is None or isinstance(value, str | int | float) for value in (change.from_, change.to))
 
 
 def _str(value: int | str | None) -> str | None:

@@ -6,13 +6,24 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from gateway import hookimpl
 from gateway.events import Appointment, AppointmentEvent, Cancellation, Customer, EventType, Service
 from gateway.exceptions import WebhookRejected
 from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sources.base import Source, Webhook, load_samples, sample_from, validated, zulu
+from gateway.sources.base import (
+    ProviderId,
+    ProviderText,
+    ProviderTime,
+    ProviderZone,
+    Source,
+    Webhook,
+    load_samples,
+    sample_from,
+    validated,
+    zulu,
+)
 
 SIGNATURE_HEADER = "x-webhook-signature"
 EVENT_TYPES: dict[str, EventType] = {
@@ -32,28 +43,28 @@ class _Payload(BaseModel):
 
 
 class _Customer(_Payload):
-    customerId: str = Field(min_length=1)
-    customerName: str | None = None
-    customerEmail: str | None = None
-    customerPhone: str | None = None
+    customerId: ProviderId
+    customerName: StrictStr | None = None
+    customerEmail: StrictStr | None = None
+    customerPhone: StrictStr | None = None
 
 
 class _Booking(_Customer):
-    id: str = Field(min_length=1)
-    customerId: str | None = None  # type: ignore[assignment]  # a booking may be a guest's
-    serviceId: str | None = None
-    serviceName: str | None = None
-    start: datetime
-    end: datetime | None = None
-    timezone: str | None = None
-    status: str
-    cancellationReason: str | None = None
+    id: ProviderId
+    customerId: ProviderId | None = None  # type: ignore[assignment]  # a booking may be a guest's
+    serviceId: ProviderId | None = None
+    serviceName: ProviderText | None = None
+    start: ProviderTime
+    end: ProviderTime | None = None
+    timezone: ProviderZone | None = None
+    status: ProviderText
+    cancellationReason: StrictStr | None = None
 
 
 class _Envelope(_Payload):
-    id: str = Field(min_length=1)
-    timestamp: datetime
-    event: str = Field(min_length=1)
+    id: ProviderId
+    timestamp: ProviderTime
+    event: str = Field(min_length=1, max_length=100)
     data: dict[str, Any]
 
 

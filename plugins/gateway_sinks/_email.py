@@ -7,8 +7,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from gateway.cleaning import email_address
 from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError
+from gateway.exceptions import BadEventData, PermanentDeliveryError
 from gateway.messages import Kind
 from gateway.notify import NotificationSink, NotifyOptions
 
@@ -39,4 +40,7 @@ class EmailSink(NotificationSink):
             return self.options.to
         if event.customer is None or not event.customer.email:
             raise PermanentDeliveryError("the event has no customer email address to write to", reason="no recipient")
-        return [event.customer.email]
+        address = email_address(event.customer.email)  # sources validate it; a plugin's might not have
+        if address is None:
+            raise BadEventData("customer.email", "not exactly one valid email address")
+        return [address]

@@ -14,9 +14,11 @@ alert) and other 4xx are permanent; a missing calendar is created when `create_c
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -31,9 +33,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import hookimpl
+from gateway.cleaning import CONTROL
 from gateway.durations import Duration
 from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import known_locale
 from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, SinkState
 from gateway.templates import check_syntax, event_context, render
@@ -41,6 +44,7 @@ from gateway.templates import check_syntax, event_context, render
 logger = logging.getLogger(__name__)
 SEQUENCE_EPOCH = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+SAFE_RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\Z")
 DEFAULT_SUMMARY = "{{ customer.name or 'Appointment ' ~ appointment.id }}{% if place %} ({{ place }}){% endif %}"
 DEFAULT_DESCRIPTION = """{% if customer.phone %}Phone: {{ customer.phone }}
 {% endif %}{% if customer.email %}Email: {{ customer.email }}
@@ -190,14 +194,17 @@ class CalDAVSink(Sink):
         assert appointment is not None
         if appointment.starts_at is None:
             raise PermanentDeliveryError(f"appointment {appointment.id} has no start time", reason="no start time")
-        starts = appointment.starts_at.astimezone(UTC)
         duration = event.completion.duration_minutes if event.completion else None
-        if appointment.ends_at is not None:
-            ends = appointment.ends_at.astimezone(UTC)
-        else:
-            ends = starts + (
-                timedelta(minutes=duration) if duration else timedelta(seconds=self.options.default_duration)
-            )
+        try:
+            starts = appointment.starts_at.astimezone(UTC)
+            if appointment.ends_at is not None:
+                ends = appointment.ends_at.astimezone(UTC)
+            else:
+                ends = starts + (
+                    timedelta(minutes=duration) if duration else timedelta(seconds=self.options.default_duration)
+                )
+        except (OverflowError, ValueError) as error:
+            raise BadEventData("appointment.starts_at", f"no calendar can hold this time ({error})") from None
         context = event_context(event, delivery, self.options.locale)
         name = f"sinks.{self.name}.options"
         vevent = VEvent()
@@ -214,6 +221,8 @@ class CalDAVSink(Sink):
         if appointment.status:
             vevent.add("categories", [appointment.status.upper()])
         if appointment.qr_code_url:
+            if CONTROL.search(appointment.qr_code_url):
+                raise BadEventData("appointment.qr_code_url", "a URL with control characters (CR, LF...)")
             vevent.add("url", appointment.qr_code_url)
         vevent.add("x-appointment-gateway-event", event.id)
         return str(vevent.to_ical().decode())
@@ -264,7 +273,17 @@ class CalDAVSink(Sink):
 
     def _url(self, calendar: str, uid: str | None = None) -> str:
         base = f"{str(self.options.url).rstrip('/')}/{calendar}/"
-        return base if uid is None else f"{base}{uid.replace('@', '_at_')}.ics"
+        return base if uid is None else f"{base}{resource_name(uid)}"
+
+
+def resource_name(uid: str) -> str:
+    """The object's file name in its calendar. The UID carries the provider's appointment id, which the customer's
+    platform chose: anything but plain characters (a `/`, `?`, `%` that a server would decode...) gives the SHA-256
+    of the UID instead, so that no id can name another object or calendar."""
+    name = uid.replace("@", "_at_")
+    if SAFE_RESOURCE.match(name):
+        return f"{name}.ics"
+    return f"{hashlib.sha256(uid.encode()).hexdigest()}.ics"
 
 
 def _classified(status: int, what: str) -> PermanentDeliveryError | RetryableDeliveryError:

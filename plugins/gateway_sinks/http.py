@@ -32,7 +32,9 @@ class HttpOptions(SinkOptions):
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     body_template: str | None = None
-    """Jinja2 (sandboxed) rendering the body from `event` and `delivery`; the event as JSON when unset."""
+    """Jinja2 (sandboxed) rendering the body from `event` and `delivery`; the event as JSON when unset. With a JSON
+    `content_type`, every `{{ value }}` is escaped to sit inside a JSON string (`| tojson` writes a JSON value), and
+    a body that is not JSON is a permanent `template error`."""
     content_type: str = "application/json"
     signing_secret: str | None = None
     """Standard Webhooks secret (`whsec_` + base64); signs every request when set."""
@@ -73,7 +75,10 @@ class HttpSink(Sink):
             body = event.model_dump_json(by_alias=True)
         else:
             body = render(
-                options.body_template, f"sinks.{self.name}.options.body_template", event_context(event, delivery)
+                options.body_template,
+                f"sinks.{self.name}.options.body_template",
+                event_context(event, delivery),
+                json_body=is_json(options.content_type),
             )
         headers = {**options.headers, "Content-Type": options.content_type, "Idempotency-Key": delivery.id}
         if options.signing_secret is not None:
@@ -96,6 +101,12 @@ class HttpSink(Sink):
             retry_after = parse_retry_after(retry_after_header, now=time.time())
             raise RetryableDeliveryError(message, status_code=status, retry_after=retry_after)
         raise PermanentDeliveryError(message, status_code=status)
+
+
+def is_json(content_type: str) -> bool:
+    """`application/json`, `application/vnd.crm+json; charset=utf-8`..."""
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:

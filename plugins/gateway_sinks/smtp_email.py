@@ -58,18 +58,13 @@ class SmtpEmail(EmailSink):
         if not recipients:
             return
         options = self.options
-        email = EmailMessage()
-        email["From"] = formataddr((options.from_name or "", options.from_email))
-        email["To"] = ", ".join(recipients)
-        email["Subject"] = message.subject or ""
-        email["Date"] = formatdate(delivery.attempted_at, usegmt=True)
-        email["Message-ID"] = message_id = f"<{delivery.id}@{options.message_id_domain}>"
-        if options.reply_to:
-            email["Reply-To"] = options.reply_to
-        email.set_content(message.body)
+        message_id = f"<{delivery.id}@{options.message_id_domain}>"
+        email = self._message(recipients, message, delivery, message_id)
         try:
             refused, _ = await aiosmtplib.send(
                 email,
+                sender=options.from_email,
+                recipients=list(recipients),  # never read from the To: header
                 hostname=options.host,
                 port=options.port,
                 use_tls=options.security == "tls",
@@ -100,6 +95,21 @@ class SmtpEmail(EmailSink):
             code = max(reply.code for reply in refused.values())
             details = "; ".join(f"{who}: {reply.code} {reply.message}" for who, reply in refused.items())
             raise _refusal(code, f"some recipients refused ({details}); the others received it")
+
+    def _message(
+        self, recipients: Sequence[str], message: Message, delivery: Delivery, message_id: str
+    ) -> EmailMessage:
+        options = self.options
+        email = EmailMessage()
+        email["From"] = formataddr((options.from_name or "", options.from_email))
+        email["To"] = ", ".join(recipients)  # for the reader: the envelope's recipients are passed apart
+        email["Subject"] = message.subject or ""
+        email["Date"] = formatdate(delivery.attempted_at, usegmt=True)
+        email["Message-ID"] = message_id
+        if options.reply_to:
+            email["Reply-To"] = options.reply_to
+        email.set_content(message.body)
+        return email
 
 
 def _refusal(code: int, text: str) -> PermanentDeliveryError | RetryableDeliveryError:

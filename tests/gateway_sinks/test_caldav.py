@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_sinks.caldav import CalDAVOptions, CalDAVSink
+from gateway_sinks.caldav import CalDAVOptions, CalDAVSink, resource_name
 from icalendar import Calendar
 
 from gateway.config import Config
 from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryState, Receipt
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
@@ -69,7 +69,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def story(appointment: int, kind: str, created: str, starts: str, **fields: Any) -> AppointmentEvent:
+def story(appointment: int | str, kind: str, created: str, starts: str, **fields: Any) -> AppointmentEvent:
     """A moncreneau event of one appointment's story, told consistently."""
     body = load_samples("moncreneau.json")[f"appointment.{kind}"]
     body["id"] = f"evt_{appointment}_{kind}_{created}"
@@ -199,6 +199,50 @@ async def test_a_server_that_is_down_is_retried_and_then_written(tmp_path: Path)
     with radicale(tmp_path / "data", port) as home:
         await deliver(calendar, state, story(6, *CREATED))
         assert stored(home, 6) is not None
+
+
+@pytest.mark.parametrize(
+    "appointment_id",
+    ["../../../private/keep.ics?", "..%2F..%2Fprivate%2Fkeep.ics", "a/../../private/keep", "x#../private", ".."],
+)
+async def test_an_appointment_id_never_names_another_object_or_calendar(home: str, appointment_id: str) -> None:
+    keep = f"{home}private/keep.ics"
+    document = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\nUID:keep\r\n"
+        "DTSTAMP:20260101T000000Z\r\nDTSTART:20260101T100000Z\r\nSUMMARY:keep\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    uid = f"moncreneau-{appointment_id}@appointment-gateway"
+    calendar, state = sink(home, create_calendars=True, on_cancel="delete"), MemoryState()
+    async with httpx.AsyncClient() as client:
+        assert (await client.request("MKCALENDAR", f"{home}private/")).status_code in (201, 405, 409)
+        put = await client.put(keep, content=document, headers={"Content-Type": "text/calendar"})
+        assert put.status_code in (201, 204)
+        await deliver(calendar, state, story(appointment_id, *CREATED))
+        written = await client.get(f"{home}appointments/{resource_name(uid)}")
+        assert written.status_code == 200 and f"UID:{uid}" in written.text.replace("\r\n ", "")
+        await deliver(calendar, state, story(appointment_id, *CANCELLED))
+        assert (await client.get(keep)).status_code == 200, "the cancellation deleted an object it does not own"
+        assert (await client.get(f"{home}appointments/{resource_name(uid)}")).status_code == 404
+
+
+def test_plain_ids_keep_their_readable_resource_names() -> None:
+    assert resource_name("moncreneau-12345@appointment-gateway") == "moncreneau-12345_at_appointment-gateway.ics"
+    assert resource_name("moncreneau-a/b@appointment-gateway") != resource_name("moncreneau-a%2Fb@appointment-gateway")
+    assert all(len(resource_name(f"moncreneau-{i}@x")) == 68 for i in ("a?b", "a%2e", "é", "a/b"))
+
+
+async def test_data_no_calendar_can_hold_is_a_permanent_bad_data_error(home: str) -> None:
+    calendar = sink(home, create_calendars=True)
+    with pytest.raises(BadEventData, match=r"appointment\.starts_at") as year_9999:
+        await deliver(calendar, MemoryState(), story(9, "created", "2026-01-21T14:30:00Z", "9999-12-31T23:50:00"))
+    assert year_9999.value.reason == "bad data"
+    event = story(10, *CREATED)
+    assert event.appointment is not None
+    hostile = event.model_copy(  # a plugin source that does not clean its URLs
+        update={"appointment": event.appointment.model_copy(update={"qr_code_url": "https://x.gn/q\r\nX: y"})}
+    )
+    with pytest.raises(BadEventData, match=r"appointment\.qr_code_url"):
+        await deliver(calendar, MemoryState(), hostile)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import anyio
 import pytest
 from gateway_sinks.http import HttpOptions, HttpSink
 
+from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery
 from tests.receiver import Answer, Receiver, receiver
@@ -27,11 +28,14 @@ async def crm() -> AsyncIterator[Receiver]:
         yield endpoint
 
 
-async def deliver(url: str, attempt: int = 1, sink_timeout: float = 5.0, **options: Any) -> Any:
+async def deliver(
+    url: str, attempt: int = 1, sink_timeout: float = 5.0, event: AppointmentEvent | None = None, **options: Any
+) -> Any:
     sink = HttpSink("crm", HttpOptions.model_validate({"url": url, **options}), timeout=sink_timeout)
     await sink.open()
     try:
-        return await sink.deliver(appointment_event(), Delivery(id="dlv-42", sink="crm", attempt=attempt))
+        delivery = Delivery(id="dlv-42", sink="crm", attempt=attempt)
+        return await sink.deliver(event or appointment_event(), delivery)
     finally:
         await sink.aclose()
 
@@ -44,7 +48,49 @@ async def test_the_canonical_event_is_posted_with_an_idempotency_key(crm: Receiv
     assert (first.method, first.path) == ("POST", "/hooks")
     assert first.headers["authorization"] == "Bearer t0k" and first.headers["content-type"] == "application/json"
     assert first.headers["idempotency-key"] == retry.headers["idempotency-key"] == "dlv-42"
-    assert json.loads(first.body) == appointment_event().model_dump(mode="json", by_alias=True)
+    assert json.loads(first.body) == WIRE_FORMAT
+
+
+WIRE_FORMAT = {  # the documented canonical event, written out by hand so that a change of the model shows here
+    "id": "evt-appointment.created",
+    "type": "appointment.created",
+    "source": "moncreneau",
+    "provider": "moncreneau",
+    "provider_event_id": "evt_abc123",
+    "provider_event_type": "appointment.created",
+    "provider_delivery_id": None,
+    "occurred_at": "2026-01-21T14:30:00Z",
+    "received_at": "2026-01-20T00:00:00Z",
+    "appointment": {
+        "id": "12345",
+        "status": "scheduled",
+        "starts_at": "2026-01-25T14:30:00Z",
+        "ends_at": None,
+        "timezone": "Africa/Conakry",
+        "department": {
+            "id": "5",
+            "name": "Passport Service",
+            "organisation": {"id": "1", "name": "Ministry of Interior"},
+        },
+        "service": None,
+        "qr_code_url": "https://moncreneau.gn/qr/12345",
+        "created_at": "2026-01-21T14:30:00Z",
+        "updated_at": None,
+        "credits_used": 1,
+    },
+    "customer": {
+        "id": None,
+        "name": "Jean Dupont",
+        "phone": "+224621234567",
+        "phone_raw": "+224621234567",
+        "email": "jean.dupont@example.gn",
+        "email_raw": None,
+    },
+    "changes": {},
+    "cancellation": None,
+    "validation": None,
+    "completion": None,
+}
 
 
 async def test_requests_can_be_signed_the_standard_webhooks_way(crm: Receiver) -> None:
@@ -65,6 +111,33 @@ async def test_a_template_shapes_the_body(crm: Receiver) -> None:
     (request,) = crm.requests
     assert request.method == "PUT"
     assert json.loads(request.body) == {"ref": "12345", "who": "Jean Dupont", "try": 3}
+
+
+def hostile_event(name: str) -> AppointmentEvent:
+    event = appointment_event()
+    assert event.customer is not None
+    return event.model_copy(update={"customer": event.customer.model_copy(update={"name": name})})
+
+
+@pytest.mark.parametrize("name", ['", "role": "admin", "x": "', 'a\\", "role": "admin', "line\nbreak", "{{ 7*7 }}"])
+async def test_values_in_a_json_template_stay_inside_their_strings(crm: Receiver, name: str) -> None:
+    template = '{"ref": "{{ appointment.id }}", "name": "{{ customer.name }}", "who": {{ customer.name | tojson }}}'
+    await deliver(crm.url, body_template=template, event=hostile_event(name))
+    (request,) = crm.requests
+    assert json.loads(request.body) == {"ref": "12345", "name": name, "who": name}
+
+
+async def test_a_json_template_rendering_something_else_than_json_is_permanent(crm: Receiver) -> None:
+    with pytest.raises(PermanentDeliveryError, match="body_template failed") as error:
+        await deliver(crm.url, body_template='{"name": {{ customer.name }}}')  # unquoted: not JSON
+    assert error.value.reason == "template error" and crm.requests == []
+
+
+async def test_other_content_types_are_rendered_as_written(crm: Receiver) -> None:
+    await deliver(
+        crm.url, body_template="name={{ customer.name }}", content_type="text/plain", event=hostile_event('a"b')
+    )
+    assert crm.requests[0].body == b'name=a"b'
 
 
 async def test_a_template_that_fails_at_render_time_is_permanent_and_named(crm: Receiver) -> None:

@@ -19,7 +19,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from gateway_sinks.smtp_email import SmtpEmail, SmtpOptions
 
 from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
+from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
 from tests.samples import appointment_event
 
@@ -200,3 +200,31 @@ async def test_an_event_without_an_email_is_a_clear_permanent_failure(mailbox: t
 def test_a_login_needs_both_halves() -> None:
     with pytest.raises(ValueError, match="set both username and password"):
         SmtpOptions.model_validate({"host": "mail", "from_email": "a@b.co", "username": "u"})
+
+
+def with_customer(**fields: str) -> AppointmentEvent:
+    """The sample event with customer fields set as a careless plugin source might (model_copy does not validate)."""
+    event = appointment_event()
+    assert event.customer is not None
+    return event.model_copy(update={"customer": event.customer.model_copy(update=fields)})
+
+
+@pytest.mark.parametrize(
+    "address", ["a@example.gn, victim1@evil.test, victim2@evil.test", "a@example.gn\r\nBcc: victim@evil.test"]
+)
+async def test_a_customer_email_that_is_not_one_address_writes_to_nobody(
+    mailbox: tuple[Mailbox, int], address: str
+) -> None:
+    handler, port = mailbox
+    with pytest.raises(BadEventData, match=r"customer\.email") as error:
+        await deliver(port, with_customer(email=address))
+    assert error.value.reason == "bad data" and handler.received == []
+
+
+async def test_the_envelope_names_exactly_the_recipients_never_the_headers(mailbox: tuple[Mailbox, int]) -> None:
+    handler, port = mailbox
+    await deliver(port, to=["staff@example.gn"])
+    await deliver(port)
+    (staff, to_staff), (customer, to_customer) = handler.received
+    assert staff == ["staff@example.gn"] and to_staff["To"] == "staff@example.gn"
+    assert customer == ["jean.dupont@example.gn"] and to_customer["To"] == "jean.dupont@example.gn"

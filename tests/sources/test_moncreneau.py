@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -176,13 +177,13 @@ def test_unknown_event_type_is_unmapped_but_parsed() -> None:
     ("mutate", "field"),
     [
         (lambda body: body.pop("id"), "id: Field required"),
-        (lambda body: body.update(created="yesterday"), "created: Input should be a valid datetime"),
+        (lambda body: body.update(created="yesterday"), "created: expected an ISO 8601 date-time"),
         (lambda body: body["data"]["object"].pop("dateTime"), "data.object.dateTime: Field required"),
         (lambda body: body["data"]["object"].update(status=None), "data.object.status: Input should be a valid string"),
         (lambda body: body["data"].pop("object"), "data.object: Field required"),
         (
             lambda body: body["data"]["object"].update(changes={"dateTime": {"from": "[]", "to": None}}),
-            "data.object.changes.dateTime.from: Input should be a valid datetime",
+            "data.object.changes.dateTime.from: expected an ISO 8601 date-time",
         ),
         (
             lambda body: body["data"]["object"].update(changes={"dateTime": "tomorrow"}),
@@ -192,6 +193,41 @@ def test_unknown_event_type_is_unmapped_but_parsed() -> None:
 )
 def test_schema_failures_name_the_field(mutate: Any, field: str) -> None:
     body = seed("appointment.updated")
+    mutate(body)
+    with pytest.raises(WebhookRejected) as rejected:
+        source().parse(body, {}, event_id="e-1", received_at=RECEIVED)
+    assert rejected.value.status_code == 400
+    assert field in rejected.value.detail
+
+
+def appointment(**fields: Any) -> Any:
+    return lambda body: body["data"]["object"].update(fields)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda body: body.update(created=20260125), "created: expected an ISO 8601 date-time"),
+        (lambda body: body.update(created="20260125"), "created: expected an ISO 8601 date-time"),
+        (appointment(dateTime=1769351400), "data.object.dateTime: expected an ISO 8601"),
+        (appointment(createdAt="1769351400"), "data.object.createdAt: expected an ISO 8601"),
+        (appointment(cancelledAt=0), "data.object.cancelledAt: expected an ISO 8601"),
+        (appointment(validatedAt=1.5), "data.object.validatedAt: expected an ISO 8601"),
+        (appointment(completedAt=True), "data.object.completedAt: expected an ISO 8601"),
+        (appointment(updatedAt=[]), "data.object.updatedAt: expected an ISO 8601"),
+        (appointment(creditsUsed="1"), "data.object.creditsUsed: Input should be a valid integer"),
+        (appointment(duration=30.0), "data.object.duration: Input should be a valid integer"),
+        (appointment(creditsRefunded=True), "data.object.creditsRefunded: Input should be a valid integer"),
+        (appointment(id=12.5), "data.object.id"),
+        (appointment(id="1\x002"), "data.object.id: expected an identifier"),
+        (appointment(id="x" * 201), "data.object.id: expected an identifier"),
+        (appointment(phone=224621234567), "data.object.phone: Input should be a valid string"),
+        (appointment(changes={"bad key\r\n": {"from": 1, "to": 2}}), "data.object.changes.bad key"),
+        (appointment(changes={"email": {"from": {"a": 1}, "to": "b@c.gn"}}), "data.object.changes.email"),
+    ],
+)
+def test_lax_values_are_refused_naming_the_field(mutate: Any, field: str) -> None:
+    body = seed("appointment.created")
     mutate(body)
     with pytest.raises(WebhookRejected) as rejected:
         source().parse(body, {}, event_id="e-1", received_at=RECEIVED)
@@ -231,3 +267,44 @@ def test_test_events_are_signed_as_the_provider_signs() -> None:
     mc.verify(headers, raw)
     assert headers["x-moncreneau-event"] == "appointment.cancelled"
     assert body["id"] == "evt_t" and body["created"] == "2026-01-26T00:00:00Z"
+
+
+def test_customer_typed_fields_lose_control_characters_raw_copies_and_changes_included() -> None:
+    body = seed("appointment.updated")
+    body["data"]["object"].update(
+        name="Jean\r\nBcc: victim@evil.test",
+        phone="+224621234567\r\nX-Injected: 1",
+        email="jean@example.gn\r\nBcc: victim@evil.test",
+        changes={
+            "email": {"from": "old@example.gn\r\nBcc: x@evil.test", "to": "NEW@Example.GN"},
+            "name": {"from": "A\nB", "to": "C"},
+        },
+    )
+    event = canonical(body)
+    customer = event["customer"]
+    assert customer["name"] == "Jean Bcc: victim@evil.test"
+    assert customer["phone_raw"] == "+224621234567 X-Injected: 1"
+    assert "email" not in customer and customer["email_raw"] == "jean@example.gn Bcc: victim@evil.test"
+    assert event["changes"]["customer.email"] == {"from": "old@example.gn Bcc: x@evil.test", "to": "NEW@example.gn"}
+    assert event["changes"]["customer.name"] == {"from": "A B", "to": "C"}
+    assert not any(character in json.dumps(event) for character in ("\\r", "\\n"))
+
+
+@pytest.mark.parametrize(
+    "email", ["a@example.gn, victim1@evil.test, victim2@evil.test", "a@example.gn;b@evil.test", "<a@b.gn>", "a@", ""]
+)
+def test_anything_but_one_valid_email_address_leaves_email_null(email: str) -> None:
+    body = seed("appointment.created")
+    body["data"]["object"]["email"] = email
+    customer = canonical(body)["customer"]
+    assert "email" not in customer
+    assert customer.get("email_raw") == (email or None)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://moncreneau.gn/qr/1\r\nX: y", "javascript:alert(1)", "https://moncreneau.gn/qr 1", "/relative"]
+)
+def test_a_qr_code_that_is_not_a_plain_http_url_is_dropped(url: str) -> None:
+    body = seed("appointment.created")
+    body["data"]["object"]["qrCode"] = url
+    assert "qr_code_url" not in canonical(body)["appointment"]

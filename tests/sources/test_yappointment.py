@@ -93,6 +93,22 @@ def test_phone_and_cancellation_reason_are_read_when_sent() -> None:
     assert event["cancellation"] == {"at": "2025-04-19T16:05:00Z", "reason": "Sick"}
 
 
+def test_customer_typed_fields_lose_control_characters_and_a_list_of_emails_is_no_email() -> None:
+    body = seed("booking.created")
+    body["data"].update(
+        customerName="Ann\r\nX-Injected: 1",
+        customerPhone="(415) 555-0132\r\nX-Injected: 1",
+        customerEmail="a@example.gn, victim1@evil.test, victim2@evil.test",
+        serviceName="Cut\u2028and colour",
+    )
+    event = canonical(body)
+    assert event["customer"]["name"] == "Ann X-Injected: 1"
+    assert event["customer"]["phone_raw"] == "(415) 555-0132 X-Injected: 1"
+    assert "email" not in event["customer"]  # excluded as None
+    assert event["customer"]["email_raw"] == "a@example.gn, victim1@evil.test, victim2@evil.test"
+    assert event["appointment"]["service"]["name"] == "Cut and colour"
+
+
 def test_unknown_event_type_is_unmapped() -> None:
     body = {"id": "evt_x", "timestamp": "2025-04-19T14:30:00Z", "event": "invoice.paid", "data": {"amount": 3}}
     webhook = source().parse(body, {}, event_id="e-1", received_at=RECEIVED)
@@ -103,7 +119,22 @@ def test_unknown_event_type_is_unmapped() -> None:
     ("event_type", "mutate", "field"),
     [
         ("booking.created", lambda body: body["data"].pop("start"), "data.start: Field required"),
-        ("booking.created", lambda body: body["data"].update(id=""), "data.id: String should have at least 1"),
+        (
+            "booking.created",
+            lambda body: body["data"].update(id=""),
+            "data.id: expected an identifier of 1 to 200 characters",
+        ),
+        ("booking.created", lambda body: body.update(timestamp=1745073000), "timestamp: expected an ISO 8601"),
+        ("booking.created", lambda body: body["data"].update(start="20250420"), "data.start: expected an ISO 8601"),
+        ("booking.created", lambda body: body["data"].update(end=1745073000), "data.end: expected an ISO 8601"),
+        ("booking.created", lambda body: body["data"].update(id="b\r\n1"), "data.id: expected an identifier"),
+        ("booking.created", lambda body: body["data"].update(id=True), "data.id"),
+        (
+            "booking.created",
+            lambda body: body["data"].update(timezone="../../etc/passwd"),
+            "data.timezone: '../../etc/passwd' is not an IANA time zone",
+        ),
+        ("booking.created", lambda body: body["data"].update(timezone="Mars/Olympus"), "data.timezone"),
         ("customer.updated", lambda body: body["data"].pop("customerId"), "data.customerId: Field required"),
         ("booking.created", lambda body: body.update(data=[]), "data: Input should be a valid dictionary"),
         ("booking.created", lambda body: body.pop("event"), "event: Field required"),
