@@ -52,6 +52,12 @@ class StorageConfig(_Strict):
     )
     pool_min: int = Field(1, ge=0, description="PostgreSQL connections kept open")
     pool_max: int = Field(10, ge=1, description="PostgreSQL connections at most")
+    busy_timeout: Duration = Field(
+        2.0,
+        gt=0,
+        description="How long a write waits for storage held by another (a lock, a full pool) before the "
+        "webhook is answered 503; keep it under the providers' deadline (moncreneau: 5s)",
+    )
 
     @field_validator("url")
     @classmethod

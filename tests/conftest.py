@@ -96,7 +96,9 @@ async def running_gateway(
 ) -> AsyncIterator[Running]:
     """The app with its lifespan entered; by default the worker is driven by the test (`worker.run_due()`)."""
     clock = ManualClock()
-    store = store or SQLiteStore.from_url(config.settings.storage.url)
+    store = store or SQLiteStore.from_url(
+        config.settings.storage.url, busy_timeout=config.settings.storage.busy_timeout
+    )
     app = create_app(config, store=store, clock=clock, run_worker=run_worker)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

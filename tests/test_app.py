@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -211,6 +214,42 @@ async def test_storage_failure_answers_503_never_2xx_and_recovers(gateway: Runni
     assert response.json()["error"] == "storage_unavailable"
     assert metric(gateway, "gateway_webhooks_total", source="moncreneau", type="", outcome="storage_unavailable") == 1
     connection.execute("PRAGMA query_only = 0")
+    assert (await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))).status_code == 202
+
+
+@pytest.mark.fault
+async def test_while_another_program_holds_the_write_lock_every_webhook_gets_503_within_3s(gateway: Running) -> None:
+    holder = await anyio.open_process(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "db.execute('BEGIN EXCLUSIVE'); print('held', flush=True); sys.stdin.read()",
+            str(gateway.store.path),
+        ]
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert await holder.stdout.receive() == b"held\n"
+    answers: list[tuple[int, float]] = []
+
+    async def post(number: int) -> None:
+        body = sample("moncreneau.json", "appointment.created")
+        body["id"] = f"evt-locked-{number}"
+        began = time.monotonic()
+        response = await gateway.post_moncreneau(body)
+        answers.append((response.status_code, time.monotonic() - began))
+
+    try:
+        async with anyio.create_task_group() as posting:
+            for number in range(6):
+                posting.start_soon(post, number)
+                await anyio.sleep(0.2)  # arriving one after another, queued behind each other's group commits
+    finally:
+        await holder.stdin.aclose()
+        await holder.wait()
+    print(f"answers while locked (status, seconds): {answers}")
+    assert [status for status, _ in answers] == [503] * 6
+    assert max(seconds for _, seconds in answers) < 3.0
     assert (await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))).status_code == 202
 
 

@@ -10,7 +10,7 @@ from gateway.store.sqlite import SQLiteStore
 
 def store_for(storage: StorageConfig) -> Store:
     if storage.url.startswith("sqlite:///"):
-        return SQLiteStore.from_url(storage.url)
+        return SQLiteStore.from_url(storage.url, busy_timeout=storage.busy_timeout)
     try:
         from gateway.store.postgres import PostgresStore
     except ImportError as error:
@@ -18,4 +18,6 @@ def store_for(storage: StorageConfig) -> Store:
             f"storage.url is a PostgreSQL URL but psycopg is not installed ({error}); "
             "run: pip install 'appointment-gateway[postgres]'"
         ) from None
-    return PostgresStore(storage.url, pool_min=storage.pool_min, pool_max=storage.pool_max)
+    return PostgresStore(
+        storage.url, pool_min=storage.pool_min, pool_max=storage.pool_max, busy_timeout=storage.busy_timeout
+    )

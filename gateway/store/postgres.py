@@ -164,16 +164,28 @@ RECORD_MIGRATION = "INSERT INTO gateway_schema_migrations (version, name) VALUES
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        connect_timeout: float = 5.0,
+        busy_timeout: float = 2.0,
+    ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
-        self._pool = AsyncConnectionPool(
+        self._pool = AsyncConnectionPool(  # a webhook waits busy_timeout for a connection, then for a row lock
             url,
             min_size=pool_min,
             max_size=pool_max,
-            timeout=connect_timeout,
+            timeout=busy_timeout,
             open=False,
-            kwargs={"connect_timeout": max(1, int(connect_timeout)), "row_factory": tuple_row},
+            kwargs={
+                "connect_timeout": max(1, int(connect_timeout)),
+                "row_factory": tuple_row,
+                "options": f"-c lock_timeout={max(1, int(busy_timeout * 1000))}",
+            },
         )
         self._opened = False
 

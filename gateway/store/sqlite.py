@@ -223,8 +223,9 @@ LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
-BUSY_TIMEOUT = 10.0
-"""Seconds a write waits for another process's by default, before the store reports the database locked."""
+BUSY_TIMEOUT = 2.0
+"""Seconds a write waits for another process's by default, before the store reports the database locked: one
+webhook's whole wait, its place in the group commit included (storage.busy_timeout)."""
 
 
 class SQLiteStore:
@@ -242,8 +243,8 @@ class SQLiteStore:
         self._one_read_at_a_time = anyio.CapacityLimiter(1)
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
-        return cls(url.removeprefix("sqlite:///"))
+    def from_url(cls, url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> Self:
+        return cls(url.removeprefix("sqlite:///"), busy_timeout=busy_timeout)
 
     async def open(self) -> None:
         self._connection = await self._in_thread(self._connect)
@@ -545,7 +546,7 @@ class SQLiteStore:
         connection = self._connection
         if connection is None:
             raise StorageError(f"SQLite {self.path}: the store is not open")
-        write = _Write(operation)
+        write = _Write(operation, deadline=time.monotonic() + self.busy_timeout)
         self._pending.append(write)
         while not write.done:
             if self._committing:
@@ -608,6 +609,11 @@ class _Connection(sqlite3.Connection):
     def open_writer_lock(self, path: Path, busy_timeout: float) -> None:
         self._writer_lock = path.open("ab")
         self._busy_timeout = busy_timeout
+
+    def wait_at_most(self, seconds: float) -> None:
+        """Wait this long at most for the lock file, then for SQLite's own lock (another program's write)."""
+        self._busy_timeout = max(0.0, seconds)
+        self.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
 
     def lock_writers(self) -> None:
         if self._writer_lock is None:
@@ -715,15 +721,21 @@ class _transaction:
 class _Write:
     """One write waiting for a group commit, and what came of it."""
 
-    def __init__(self, operation: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, operation: Callable[[sqlite3.Connection], Any], *, deadline: float) -> None:
         self.operation = operation
+        self.deadline = deadline
+        """When its caller stops waiting for a lock (time.monotonic()): a write queued behind a commit that waited
+        gets only what is left, so that no webhook waits twice the busy timeout."""
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
 
 
 def _commit_together(db: sqlite3.Connection, writes: list[_Write]) -> None:
-    """Run every write in one transaction, each in its own savepoint so that one failing write fails alone."""
+    """Run every write in one transaction, each in its own savepoint so that one failing write fails alone; wait
+    for another process's lock only until the first of their deadlines."""
+    if isinstance(db, _Connection):
+        db.wait_at_most(min(write.deadline for write in writes) - time.monotonic())
     with _transaction(db):
         for write in writes:
             db.execute("SAVEPOINT write")
