@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -121,8 +122,28 @@ async def _purge(request: Request, operations: Operations) -> dict[str, Any]:
     return await operations.purge(parse(Purge, await _body(request)))
 
 
+def browser_refusal(request: Request) -> JSONResponse | None:
+    """Refuse what a web page on another site could make a browser send (cross-site request forgery): a request
+    whose Origin is not this host, one the browser marks cross-site, and a POST that is not JSON (a form or a
+    `text/plain` fetch needs no CORS preflight; `application/json` does, and the gateway answers none)."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+        return _refused(403, "cross_origin", f"requests from {origin[:100]} are refused: the admin API is no page")
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return _refused(403, "cross_origin", "cross-site requests are refused")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and media != "application/json":
+        return _refused(415, "unsupported_media_type", "send Content-Type: application/json (even with no body)")
+    return None
+
+
+def _refused(status: int, reason: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": reason, "detail": detail}, status)
+
+
 def admin_routes(operations: Operations, token: str | None) -> list[Route]:
-    """The admin endpoints, each refusing requests without the bearer token (when one is set)."""
+    """The admin endpoints, each refusing requests without the bearer token (when one is set) and requests a
+    browser could have been made to send from another site."""
     expected = f"Bearer {token}".encode() if token else None
 
     def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -135,6 +156,8 @@ def admin_routes(operations: Operations, token: str | None) -> list[Route]:
                         401,
                         headers={"WWW-Authenticate": 'Bearer realm="appointment-gateway admin"'},
                     )
+            if (refusal := browser_refusal(request)) is not None:
+                return refusal
             try:
                 return JSONResponse(await handler(request, operations))
             except OperationError as error:

@@ -140,7 +140,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     server = config.settings.server
     host = args.host or server.host
-    if (exposed := admin_exposure(config.settings.admin, host)) is not None:
+    if (exposed := admin_exposure(config.settings.admin, server, host)) is not None:
         print(f"{config.path}: {exposed}", file=sys.stderr)
         return CONFIG_ERROR
     processes = server.processes if args.processes is None else args.processes

@@ -142,21 +142,39 @@ def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
     sources = _build_sources(settings, source_types(manager), problems, context)
     sinks = _build_sinks(settings, sink_types(manager), problems, context)
     problems += _check_routes(settings)
-    if (exposed := admin_exposure(settings.admin, settings.server.host)) is not None:
+    if (exposed := admin_exposure(settings.admin, settings.server)) is not None:
         problems.append(exposed)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return Config(path=path, settings=settings, sources=sources, sinks=sinks)
 
 
-def admin_exposure(admin: AdminConfig, host: str) -> str | None:
-    """The problem with serving the admin API on `host`, if any: off loopback it needs a token."""
-    if not admin.enabled or admin.token or _is_loopback(host):
+def admin_exposure(admin: AdminConfig, server: ServerConfig, host: str | None = None) -> str | None:
+    """The problem with serving the admin API on `host` (default: server.host), if any: reachable beyond loopback
+    (another interface, or behind trusted proxies that forward other machines' requests) it needs a strong token."""
+    host = host or server.host
+    if not admin.enabled:
         return None
-    return (
-        f"admin.token: the admin API would be reachable on {host} without a token; set admin.token to a secret "
-        "(e.g. ${GATEWAY_ADMIN_TOKEN}), listen on 127.0.0.1, or set admin.enabled: false"
-    )
+    reach = None if _is_loopback(host) else f"on {host}"
+    if reach is None and server.trusted_proxies:
+        reach = "through server.trusted_proxies"
+    if reach is None:
+        return None
+    if admin.token is None:
+        return (
+            f"admin.token: the admin API would be reachable {reach} without a token; set admin.token to a secret "
+            f"of {MIN_TOKEN}+ random characters (e.g. ${{GATEWAY_ADMIN_TOKEN}}), listen on 127.0.0.1 without "
+            "trusted proxies, or set admin.enabled: false"
+        )
+    if len(admin.token) < MIN_TOKEN:
+        return (
+            f"admin.token: {len(admin.token)} characters is too weak for an admin API reachable {reach}; "
+            f"use {MIN_TOKEN}+ random characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return None
+
+
+MIN_TOKEN = 16
 
 
 def _is_loopback(host: str) -> bool:

@@ -77,7 +77,9 @@ class Ingest:
         )
         stored = await self.store.ingest(record, targets)
         outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
-        self.metrics.webhooks.labels(source_name, webhook.provider_event_type, outcome).inc()
+        # unmapped types are whatever a signed body says: one label value for all of them keeps the series bounded
+        metric_type = webhook.provider_event_type if event is not None else "other"
+        self.metrics.webhooks.labels(source_name, metric_type, outcome).inc()
         sinks = [] if stored.duplicate else [target.sink for target in targets]
         level = logging.WARNING if outcome == "unmapped" else logging.INFO
         if logger.isEnabledFor(level):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,8 +83,10 @@ class Guard:
         self.trusted = trusted
         self.buckets = Buckets(rate_limit, clock) if rate_limit else None
 
-    def check(self, peer: str | None, headers: Mapping[str, str]) -> None:
-        client = client_address(peer, headers.get("x-forwarded-for"), self.trusted)
+    def check(self, peer: str | None, forwarded_for: Sequence[str]) -> None:
+        """`forwarded_for`: every X-Forwarded-For line, in order; a proxy may append its own line rather than
+        extend the client's, so they are read as one list, from the right."""
+        client = client_address(peer, ", ".join(forwarded_for), self.trusted)
         if self.allow is not None and (client is None or not _within(client, self.allow)):
             raise WebhookRejected(403, "forbidden", f"{client or 'this client'} may not post to this source")
         if self.buckets is not None:

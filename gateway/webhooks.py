@@ -66,7 +66,7 @@ class Webhooks:
         headers = Headers(scope=scope)
         try:
             client = scope.get("client")
-            self.guards[source].check(client[0] if client else None, headers)
+            self.guards[source].check(client[0] if client else None, headers.getlist("x-forwarded-for"))
             async with asyncio.timeout(self.read_timeout):  # cheaper than a cancel scope on this hot path
                 body = await _read_body(receive, headers, self.max_body_bytes)
             ack = await self.ingest.receive(source, headers, body)

@@ -16,8 +16,9 @@ from tests.conftest import Running, running_gateway
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
-TOKEN = "admin-token-9f2c"
+TOKEN = "admin-token-9f2c-0d1e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -55,7 +56,9 @@ def event(event_type: str, event_id: str, appointment: int = 12345, phone: str |
 
 
 async def admin(gateway: Running, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return await gateway.client.request(method, PREFIX + path, headers=AUTH, **kwargs)
+    """A request as the CLI's peers send it: with the token, and JSON on writes (the body optional)."""
+    headers = {**AUTH, **(JSON if method == "POST" else {})}
+    return await gateway.client.request(method, PREFIX + path, headers=headers, **kwargs)
 
 
 async def accepted(gateway: Running, body: dict[str, Any]) -> str:
@@ -74,6 +77,30 @@ async def test_every_endpoint_refuses_a_missing_or_wrong_token(
     response = await gateway.client.request(method, PREFIX + path, headers=headers)
     assert response.status_code == 401 and response.json()["error"] == "unauthorized"
     assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "reason"),
+    [
+        ({"Origin": "https://evil.test", **JSON}, 403, "cross_origin"),
+        ({"Origin": "null", **JSON}, 403, "cross_origin"),
+        ({"Sec-Fetch-Site": "cross-site", **JSON}, 403, "cross_origin"),
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        ({}, 415, "unsupported_media_type"),
+    ],
+)
+async def test_what_a_page_on_another_site_could_send_purges_nothing(
+    write_config: Callable[[str], Config], headers: dict[str, str], status: int, reason: str
+) -> None:
+    async with running_gateway(write_config("retention: {max_age: 1d}\n")) as running:  # no token: loopback
+        await accepted(running, event("appointment.created", "evt_old"))
+        running.clock.advance(2 * 86400)
+        response = await running.client.post(f"{PREFIX}/purge", content=b'{"older_than": "1d"}', headers=headers)
+        assert (response.status_code, response.json()["error"]) == (status, reason)
+        assert await running.store.count_events() == 1
+        same_origin = {"Origin": "http://gateway", **JSON}  # the gateway's own pages may post
+        assert (await running.client.post(f"{PREFIX}/purge", headers=same_origin)).json()["deleted"] == 1
 
 
 async def test_events_are_listed_filtered_and_paged(gateway: Running) -> None:
@@ -239,6 +266,11 @@ async def test_readyz_says_when_the_worker_does_not_run(write_config: Callable[[
 def test_an_admin_api_without_a_token_is_refused_off_loopback(write_config: Callable[[str], Config]) -> None:
     with pytest.raises(ConfigError, match=r"admin\.token: the admin API would be reachable on 0\.0\.0\.0 without"):
         write_config("server: {host: 0.0.0.0}\n")
+    with pytest.raises(ConfigError, match=r"reachable through server\.trusted_proxies without a token"):
+        write_config("server: {trusted_proxies: [10.0.0.0/8]}\n")
+    with pytest.raises(ConfigError, match=r"admin\.token: 6 characters is too weak .* reachable on 0\.0\.0\.0"):
+        write_config("server: {host: 0.0.0.0}\nadmin: {token: secret}\n")
+    assert write_config("admin: {token: short}\n").settings.admin.token == "short"  # loopback only
     assert write_config("server: {host: 0.0.0.0}\nadmin: {enabled: false}\n").settings.admin.enabled is False
     assert write_config("server: {host: '::1'}\n").settings.admin.token is None
 

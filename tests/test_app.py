@@ -16,6 +16,7 @@ from gateway.config import Config
 from gateway.signing import hmac_sha256_hex
 from gateway.sources.base import load_samples
 from tests.conftest import MONCRENEAU_SECRET, YAPP_SECRET, Running, moncreneau_request, running_gateway
+from tests.helpers import metric
 
 pytestmark = pytest.mark.anyio
 
@@ -356,10 +357,6 @@ async def test_arbitrary_bytes_and_signatures_never_get_a_5xx_nor_stored(
     assert await stored(gateway) == 0
 
 
-def metric(gateway: Running, name: str, **labels: str) -> float:
-    return gateway.app.state.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 async def test_outcomes_are_counted_by_source_and_type(gateway: Running) -> None:
     await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
     await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))
@@ -377,7 +374,7 @@ async def test_outcomes_are_counted_by_source_and_type(gateway: Running) -> None
         for kind, outcome in (
             ("appointment.created", "accepted"),
             ("appointment.created", "duplicate"),
-            ("appointment.teleported", "unmapped"),
+            ("other", "unmapped"),
             ("", "missing_signature"),
         )
     }
@@ -385,3 +382,12 @@ async def test_outcomes_are_counted_by_source_and_type(gateway: Running) -> None
     exposition = (await gateway.client.get("/metrics")).text
     assert 'gateway_webhooks_total{outcome="accepted",source="moncreneau",type="appointment.created"} 1.0' in exposition
     assert "nobody" not in exposition  # unknown sources do not create label values
+
+
+async def test_types_the_gateway_does_not_map_share_one_metric_label(gateway: Running) -> None:
+    for n in range(30):
+        body = {"id": f"evt_t{n}", "type": f"made.up.{n}", "created": "2026-01-21T14:30:00Z", "data": {"object": {}}}
+        assert (await gateway.post_moncreneau(body)).status_code == 202
+    exposition = (await gateway.client.get("/metrics")).text
+    assert "made.up" not in exposition
+    assert metric(gateway, "gateway_webhooks_total", source="moncreneau", type="other", outcome="unmapped") == 30

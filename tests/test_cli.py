@@ -4,7 +4,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from gateway.cli import SERVED_CONFIG, SERVED_WITHOUT_WORKER, main, served_app
 from gateway.config import Config
 from gateway.sources.base import load_samples
 from tests.conftest import MONCRENEAU_SECRET, moncreneau_request
+from tests.helpers import free_port, serving_children
 from tests.receiver import Answer, receiver, serving
 
 JOURNAL = """
@@ -31,12 +31,6 @@ sinks:
 routes:
   - sinks: [journal]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.anyio
@@ -161,16 +155,6 @@ def test_ingest_only_replica_and_a_separate_worker_share_the_store(
             assert "SIGTERM received: stopping the worker" in stopped_gracefully(worker)
             assert worker.returncode == 0
         assert "Application shutdown complete" in stopped_gracefully(server)
-
-
-def serving_children(pid: int) -> set[int]:
-    """The processes `serve --processes N` spawned to serve (not multiprocessing's resource tracker)."""
-    found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.add(int(child))
-    return found
 
 
 def test_serve_processes_share_the_port_the_store_and_the_metrics_and_a_killed_one_is_replaced(

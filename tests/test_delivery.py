@@ -15,8 +15,8 @@ from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Running, running_gateway
+from tests.helpers import until
 from tests.receiver import Answer, Receiver, receiver
-from tests.test_faults import until
 
 pytestmark = pytest.mark.anyio
 

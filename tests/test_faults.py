@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -26,10 +26,9 @@ import httpx
 import pytest
 
 from gateway.signing import hmac_sha256_hex
-from gateway.sources.base import load_samples
 from tests.conftest import MONCRENEAU_SECRET
+from tests.helpers import free_port, gateway_process, serving_children, signed, until
 from tests.receiver import Answer, Request, receiver
-from tests.test_cli import free_port, serving_children
 
 pytestmark = [pytest.mark.fault, pytest.mark.anyio]
 
@@ -53,57 +52,6 @@ routes:
     return config
 
 
-@contextmanager
-def gateway(config: Path, port: int, log: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "-c", str(config), "serve", *options],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the gateway did not start; see {log}")
-            time.sleep(0.05)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def signed(n: int) -> tuple[bytes, dict[str, str]]:
-    body = load_samples("moncreneau.json")["appointment.created"]
-    body["id"], body["data"]["object"]["id"] = f"evt_{n}", n
-    raw = json.dumps(body).encode()
-    return raw, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
-
-
-async def until(condition: Callable[[], Awaitable[bool] | bool], what: str, seconds: float) -> None:
-    """Poll a condition that lives in other processes (which cannot signal us), for at most `seconds`."""
-    try:
-        with anyio.fail_after(seconds):
-            while True:
-                value = condition()
-                if await value if not isinstance(value, bool) else value:
-                    return
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"gave up after {seconds:g}s waiting for {what}") from None
-
-
 def delivered_ids(requests: list[Request]) -> Counter[str]:
     return Counter(json.loads(r.body)["provider_event_id"] for r in requests)
 
@@ -117,7 +65,7 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
     async with receiver() as crm:
         config = configure(tmp_path, port, crm.url)
         acknowledged: set[str] = set()
-        with gateway(config, port, tmp_path / "gateway.log") as process:
+        with gateway_process(config, port, tmp_path / "gateway.log") as process:
             async with httpx.AsyncClient(timeout=10) as client:
 
                 async def post(n: int) -> None:
@@ -154,7 +102,7 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
                     "WHERE d.lease_owner IS NOT NULL AND d.status = 'pending'"
                 )
             }
-        with gateway(config, port, tmp_path / "gateway.log"):
+        with gateway_process(config, port, tmp_path / "gateway.log"):
             await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
         received = delivered_ids(crm.requests)
     duplicated = more_than_once(received)
@@ -177,7 +125,7 @@ async def test_one_of_several_serving_processes_sigkilled_under_load_loses_nothi
         config = configure(tmp_path, port, crm.url)
         acknowledged: set[str] = set()
         failures: Counter[str] = Counter()
-        with gateway(config, port, tmp_path / "gateway.log", "--processes", "2") as process:
+        with gateway_process(config, port, tmp_path / "gateway.log", "--processes", "2") as process:
             await until(lambda: len(serving_children(process.pid)) == 2, "two serving processes", 30)
             first = serving_children(process.pid)
             async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=16)) as client:
@@ -229,7 +177,10 @@ async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(
         config = configure(tmp_path, port, crm.url)
         command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
         acknowledged: set[str] = set()
-        with gateway(config, port, tmp_path / "serve.log", "--no-worker"), (tmp_path / "worker.log").open("ab") as log:
+        with (
+            gateway_process(config, port, tmp_path / "serve.log", "--no-worker"),
+            (tmp_path / "worker.log").open("ab") as log,
+        ):
             worker = await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT)
             async with httpx.AsyncClient(timeout=10) as client:
                 limit = anyio.Semaphore(16)
@@ -279,7 +230,7 @@ async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(
 async def test_a_sink_outage_delays_nothing_but_its_deliveries(tmp_path: Path) -> None:
     port, sink_port, events = free_port(), free_port(), 60
     config = configure(tmp_path, port, f"http://127.0.0.1:{sink_port}/", retry="{schedule: [200ms], give_up_after: 1h}")
-    with gateway(config, port, tmp_path / "gateway.log"):
+    with gateway_process(config, port, tmp_path / "gateway.log"):
         async with httpx.AsyncClient(timeout=10) as client:
             latencies: dict[str, list[float]] = {"503": [], "refused": []}
 
@@ -389,7 +340,7 @@ async def test_hostile_bytes_never_get_a_5xx_nor_store_anything(tmp_path: Path) 
     port = free_port()
     config = configure(tmp_path, port, "http://127.0.0.1:9/")
     answers: dict[str, int | None] = {}
-    with gateway(config, port, tmp_path / "gateway.log"):
+    with gateway_process(config, port, tmp_path / "gateway.log"):
         for name, payload in _hostile_requests(port):
             answers[name] = await anyio.to_thread.run_sync(partial(_exchange, port, payload))
             assert await responsive(port), name
@@ -444,7 +395,7 @@ routes:
         )
         statuses: Counter[int] = Counter()
         acknowledged: set[str] = set()
-        with gateway(config, port, tmp_path / "gateway.log"):
+        with gateway_process(config, port, tmp_path / "gateway.log"):
             async with httpx.AsyncClient(timeout=10) as client:
 
                 async def post(n: int) -> int:

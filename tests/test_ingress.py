@@ -16,6 +16,7 @@ from tests.conftest import Running, moncreneau_request, running_gateway
 PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
 GUARDED = """
 server: {read_timeout: 200ms, trusted_proxies: [10.0.0.0/8]}
+admin: {enabled: false}
 sources:
   moncreneau:
     type: moncreneau
@@ -99,6 +100,18 @@ async def test_only_allowed_addresses_may_post_directly_or_through_a_trusted_pro
     assert refused.json() == {"error": "forbidden", "detail": "198.51.100.7 may not post to this source"}
     gateway = guarded.gateway
     assert await gateway.store.count_events() == 4
+
+
+@pytest.mark.anyio
+async def test_x_forwarded_for_over_several_header_lines_is_read_as_one_list_from_the_right(guarded: Guarded) -> None:
+    raw, headers = sample(6)
+    lines = [*headers.items(), ("X-Forwarded-For", "203.0.113.5"), ("X-Forwarded-For", "198.51.100.7")]
+    # the client forged the first line; the trusted proxy appended the second with the address it saw
+    forged = await guarded("10.1.2.3").post("/webhooks/moncreneau", content=raw, headers=lines)
+    assert forged.status_code == 403 and "198.51.100.7 may not post" in forged.json()["detail"]
+    raw, headers = sample(7)
+    lines = [*headers.items(), ("X-Forwarded-For", "198.51.100.7"), ("X-Forwarded-For", "203.0.113.5, 10.9.9.9")]
+    assert (await guarded("10.1.2.3").post("/webhooks/moncreneau", content=raw, headers=lines)).status_code == 202
 
 
 @pytest.mark.anyio

@@ -15,7 +15,7 @@ from tests.conftest import MONCRENEAU_SECRET, running_gateway
 from tests.receiver import Answer, receiver
 
 PII = ("+224621234567", "jean.dupont@example.gn", "Jean Dupont", "john@example.com")
-SECRETS = (MONCRENEAU_SECRET, "admin-token-5d1e", "yapp-secret")
+SECRETS = (MONCRENEAU_SECRET, "admin-token-5d1e-77aa", "yapp-secret")
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ async def test_one_redacted_json_line_per_webhook_and_per_attempt(
     async with receiver() as crm:
         crm.default = Answer(422, body=echo)
         config = write_config(
-            f"admin: {{token: admin-token-5d1e}}\nsinks:\n  crm: {{type: http, options: {{url: '{crm.url}'}}}}\n"
+            f"admin: {{token: admin-token-5d1e-77aa}}\nsinks:\n  crm: {{type: http, options: {{url: '{crm.url}'}}}}\n"
             "routes:\n  - {sources: [moncreneau], sinks: [crm]}\n"
         )
         async with running_gateway(config) as gateway:
@@ -52,7 +52,7 @@ async def test_one_redacted_json_line_per_webhook_and_per_attempt(
             await gateway.post_yapp(load_samples("yappointment.json")["booking.created"])
             await gateway.client.post("/webhooks/moncreneau", content=b"{}", headers={"X-Moncreneau-Signature": "x"})
             await gateway.worker.run_due()
-            await gateway.client.get("/admin/v1/events", headers={"Authorization": "Bearer admin-token-5d1e"})
+            await gateway.client.get("/admin/v1/events", headers={"Authorization": "Bearer admin-token-5d1e-77aa"})
     lines = log_lines()
     webhooks = [line for line in lines if line["message"].startswith("webhook")]
     assert [line["outcome"] for line in webhooks] == ["accepted", "duplicate", "accepted", "invalid_signature"]

@@ -6,14 +6,11 @@ import pytest
 
 from gateway.config import Config
 from gateway.sources.base import load_samples
-from tests.conftest import Running, running_gateway
+from tests.conftest import running_gateway
+from tests.helpers import metric
 from tests.receiver import Answer, receiver
 
 pytestmark = pytest.mark.anyio
-
-
-def value(gateway: Running, name: str, **labels: str) -> float:
-    return gateway.app.state.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_metrics_after_known_traffic(write_config: Callable[[str], Config]) -> None:
@@ -38,23 +35,23 @@ async def test_metrics_after_known_traffic(write_config: Callable[[str], Config]
             assert await gateway.worker.run_due() == 1  # 400: dead
             gateway.clock.advance(30)
             await gateway.client.get("/metrics")  # the gauges are read from the store at scrape time
-            assert value(gateway, "gateway_queue_depth", sink="crm") == 3  # evt_0 retrying, evt_2 and yApp's due
-            assert value(gateway, "gateway_queue_due", sink="crm") == 2
-            assert value(gateway, "gateway_oldest_due_seconds", sink="crm") == 30
-            assert value(gateway, "gateway_dead_letters", sink="crm") == 1
-            assert value(gateway, "gateway_queue_depth", sink="idle") == 0
-            assert value(gateway, "gateway_storage_up") == 1
+            assert metric(gateway, "gateway_queue_depth", sink="crm") == 3  # evt_0 retrying, evt_2 and yApp's due
+            assert metric(gateway, "gateway_queue_due", sink="crm") == 2
+            assert metric(gateway, "gateway_oldest_due_seconds", sink="crm") == 30
+            assert metric(gateway, "gateway_dead_letters", sink="crm") == 1
+            assert metric(gateway, "gateway_queue_depth", sink="idle") == 0
+            assert metric(gateway, "gateway_storage_up") == 1
             gateway.clock.advance(30)
             assert await gateway.worker.run_due() == 1
             counts = {
-                outcome: value(gateway, "gateway_delivery_attempts_total", sink="crm", outcome=outcome)
+                outcome: metric(gateway, "gateway_delivery_attempts_total", sink="crm", outcome=outcome)
                 for outcome in ("succeeded", "retryable", "permanent")
             }
             assert counts == {"succeeded": 1, "retryable": 1, "permanent": 1}
-            assert value(gateway, "gateway_dead_lettered_total", sink="crm") == 1
-            assert value(gateway, "gateway_attempt_duration_seconds_count", sink="crm") == 3
+            assert metric(gateway, "gateway_dead_lettered_total", sink="crm") == 1
+            assert metric(gateway, "gateway_attempt_duration_seconds_count", sink="crm") == 3
             assert (
-                value(
+                metric(
                     gateway,
                     "gateway_webhooks_total",
                     source="moncreneau",
@@ -64,8 +61,9 @@ async def test_metrics_after_known_traffic(write_config: Callable[[str], Config]
                 == 3
             )
             assert (
-                value(gateway, "gateway_webhooks_total", source="yapp", type="booking.created", outcome="accepted") == 1
+                metric(gateway, "gateway_webhooks_total", source="yapp", type="booking.created", outcome="accepted")
+                == 1
             )
             await gateway.store.close()
             await gateway.client.get("/metrics")
-            assert value(gateway, "gateway_storage_up") == 0
+            assert metric(gateway, "gateway_storage_up") == 0

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -21,11 +21,9 @@ import psycopg
 import pytest
 
 from gateway.cli import main
-from gateway.signing import hmac_sha256_hex
-from gateway.sources.base import load_samples
 from tests.conftest import MONCRENEAU_SECRET
+from tests.helpers import free_port, signed, until
 from tests.receiver import receiver
-from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
 EVENTS = 3000
@@ -52,24 +50,6 @@ def process(log: Path, config: Path, *args: str) -> Iterator[subprocess.Popen[by
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-
-
-def signed(n: int) -> tuple[bytes, dict[str, str]]:
-    body = load_samples("moncreneau.json")["appointment.created"]
-    body["id"] = f"evt_{n}"
-    body["data"]["object"]["id"] = n
-    raw = json.dumps(body).encode()
-    return raw, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float) -> None:
-    """Poll other processes, which cannot signal us, until `condition` holds; fail after `seconds`."""
-    try:
-        with anyio.fail_after(seconds):
-            while not await condition():  # noqa: ASYNC110  the condition lives in other processes and the database
-                await anyio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"gave up after {seconds:g}s waiting for {what}") from None
 
 
 @pytest.mark.fault

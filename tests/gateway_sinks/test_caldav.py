@@ -22,9 +22,9 @@ from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDe
 from gateway.sinks import Delivery, MemoryState, Receipt
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
+from tests.helpers import free_port
 from tests.receiver import Answer, receiver
 from tests.samples import SOURCES
-from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anyio
 FEED_TOKEN = "feed-token-0123456789abcdef"

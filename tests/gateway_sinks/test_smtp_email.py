@@ -3,7 +3,6 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from gateway_sinks.smtp_email import SmtpEmail, SmtpOptions
 from gateway.events import AppointmentEvent
 from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
+from tests.helpers import free_port
 from tests.samples import appointment_event
 
 pytestmark = pytest.mark.anyio
@@ -47,12 +47,6 @@ class Mailbox:
         assert isinstance(message, EmailMessage)
         self.received.append((list(envelope.rcpt_tos), message))
         return "250 Message accepted"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

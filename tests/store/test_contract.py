@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from gateway.store.base import AttemptRecord, EventRecord, Store, Transition
 from gateway.store.postgres import PostgresStore
 from gateway.store.queries import DeadLetterQuery, EventQuery
 from gateway.store.sqlite import SQLiteStore
+from tests.helpers import record
 from tests.peers import postgres_database
 
 pytestmark = pytest.mark.anyio
@@ -42,32 +42,6 @@ async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
 
 def targets(*sinks: str) -> list[Target]:
     return [Target(sink) for sink in sinks]
-
-
-def record(
-    provider_id: str = "evt_1",
-    *,
-    key: str | None = "mc:appointment:1",
-    occurred: float = 100.0,
-    received: float = 1000.0,
-    **fields: Any,
-) -> EventRecord:
-    settings: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "source": "moncreneau",
-        "provider_event_id": provider_id,
-        "provider_event_type": "appointment.created",
-        "provider_delivery_id": "d",
-        "type": "appointment.created",
-        "occurred_at": occurred,
-        "received_at": received,
-        "ordering_key": key,
-        "canonical": '{"json": true}',
-        "raw_body": b'{"raw": 1}',
-        "headers": {"x-moncreneau-event": "appointment.created"},
-        **fields,
-    }
-    return EventRecord(**settings)
 
 
 async def claim(store: Store, owner: str = "w1", now: float = 1000.0, limit: int = 10) -> list[str]:

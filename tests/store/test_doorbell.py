@@ -25,10 +25,8 @@ from gateway.store.base import AttemptRecord, Transition
 from gateway.store.doorbell import Doorbell, directory_for
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import MONCRENEAU_SECRET
+from tests.helpers import free_port, gateway_process, record, signed, until
 from tests.receiver import receiver
-from tests.store.test_contract import record
-from tests.test_cli import free_port
-from tests.test_faults import gateway, signed, until
 
 pytestmark = pytest.mark.anyio
 
@@ -179,7 +177,10 @@ routes:
   - sinks: [crm]
 """
         )
-        with gateway(config, port, tmp_path / "serve.log", "--no-worker"), (tmp_path / "worker.log").open("ab") as log:
+        with (
+            gateway_process(config, port, tmp_path / "serve.log", "--no-worker"),
+            (tmp_path / "worker.log").open("ab") as log,
+        ):
             command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
             worker = await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT)
             try:

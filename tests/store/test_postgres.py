@@ -11,7 +11,7 @@ import pytest
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.store.postgres import SCHEMA_VERSION, PostgresStore
-from tests.store.test_contract import record
+from tests.helpers import record
 
 pytestmark = pytest.mark.anyio
 

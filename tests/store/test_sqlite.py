@@ -18,8 +18,7 @@ import pytest
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.store.sqlite import INLINE_CHECKPOINT_PAGES, SCHEMA_VERSION, SQLiteStore, _Checkpointer, _Connection
-from tests.store.test_contract import record
-from tests.test_faults import until
+from tests.helpers import record, until
 
 pytestmark = pytest.mark.anyio
 

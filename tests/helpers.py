@@ -1,0 +1,141 @@
+"""Helpers the test modules share: ports, polling other processes, signed requests, metrics, store records.
+
+Kept here rather than imported from one test module into another, so that each test module stays self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from gateway.signing import hmac_sha256_hex
+from gateway.sources.base import load_samples
+from gateway.store.base import EventRecord
+from tests.conftest import MONCRENEAU_SECRET, Running
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], what: str, seconds: float) -> None:
+    """Poll a condition that lives in other processes (which cannot signal us), for at most `seconds`."""
+    try:
+        with anyio.fail_after(seconds):
+            while True:
+                value = condition()
+                if await value if not isinstance(value, bool) else value:
+                    return
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"gave up after {seconds:g}s waiting for {what}") from None
+
+
+def signed(n: int) -> tuple[bytes, dict[str, str]]:
+    """A moncreneau appointment.created of event and appointment `n`, signed."""
+    body = load_samples("moncreneau.json")["appointment.created"]
+    body["id"], body["data"]["object"]["id"] = f"evt_{n}", n
+    raw = json.dumps(body).encode()
+    return raw, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+
+
+def metric(gateway: Running, name: str, **labels: str) -> float:
+    """A metric's value; a series that does not exist fails the test instead of reading as 0."""
+    value = gateway.app.state.metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"no series {name}{labels}"
+    return float(value)
+
+
+def serving_children(pid: int) -> set[int]:
+    """The processes `serve --processes N` spawned to serve (not multiprocessing's resource tracker); a child that
+    exits while it is read is not counted."""
+    found: set[int] = set()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in children:
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(int(child))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
+@contextmanager
+def gateway_process(config: Path, port: int, log: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "-c", str(config), "serve", *options],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the gateway did not start; see {log}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def record(
+    provider_id: str = "evt_1",
+    *,
+    key: str | None = "mc:appointment:1",
+    occurred: float = 100.0,
+    received: float = 1000.0,
+    **fields: Any,
+) -> EventRecord:
+    """An event as the store receives it."""
+    settings: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": "moncreneau",
+        "provider_event_id": provider_id,
+        "provider_event_type": "appointment.created",
+        "provider_delivery_id": "d",
+        "type": "appointment.created",
+        "occurred_at": occurred,
+        "received_at": received,
+        "ordering_key": key,
+        "canonical": '{"json": true}',
+        "raw_body": b'{"raw": 1}',
+        "headers": {"x-moncreneau-event": "appointment.created"},
+        **fields,
+    }
+    return EventRecord(**settings)
