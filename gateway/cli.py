@@ -26,6 +26,7 @@ from gateway.clock import SystemClock
 from gateway.config import Config, admin_exposure, load_config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
+from gateway.http_protocol import GuardedHttpToolsProtocol, Limits, connections_allowed
 from gateway.logs import configure_logging
 from gateway.metrics import SHARED_DIRECTORY
 from gateway.operations import (
@@ -155,8 +156,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         "proxy_headers": False,  # X-Forwarded-For is read by the gateway itself, from server.trusted_proxies only
         "timeout_graceful_shutdown": int(config.settings.worker.shutdown_grace) + 5,
         "log_config": None,  # uvicorn's loggers go through ours: JSON, redacted
+        "http": GuardedHttpToolsProtocol,  # header timeout and size, connections bounded
     }
     if processes == 1:
+        _bound_connections(config)
         app = create_app(config, run_worker=False if args.no_worker else None)
         _collect_less()
         uvicorn.run(app, **options)
@@ -180,9 +183,20 @@ def served_app() -> GatewayApp:
     from gateway.app import create_app
 
     config = _configured(os.environ[SERVED_CONFIG])
+    _bound_connections(config)
     app = create_app(config, run_worker=False if os.environ[SERVED_WITHOUT_WORKER] == "True" else None)
     _collect_less()
     return app
+
+
+def _bound_connections(config: Config) -> None:
+    """This process's HTTP limits (uvicorn builds its protocol objects itself, in each serving process)."""
+    server = config.settings.server
+    GuardedHttpToolsProtocol.limits = Limits(
+        header_timeout=server.header_timeout,
+        max_header_bytes=server.max_header_bytes,
+        max_connections=connections_allowed(server.max_connections),
+    )
 
 
 def _collect_less() -> None:

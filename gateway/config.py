@@ -43,6 +43,15 @@ class ServerConfig(_Strict):
     trusted_proxies: list[IPvAnyNetwork] = Field(
         default_factory=list, description="Peers whose X-Forwarded-For is believed (your load balancers)"
     )
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="A request's headers not received within this are answered 408, and the connection closed",
+    )
+    max_header_bytes: int = Field(16384, ge=1024, description="Larger request headers are answered 431")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per serving process (lowered to fit the open-file limit)"
+    )
 
 
 class StorageConfig(_Strict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -84,13 +85,22 @@ def serving_children(pid: int) -> set[int]:
 
 
 @contextmanager
-def gateway_process(config: Path, port: int, log: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+def gateway_process(
+    config: Path, port: int, log: Path, *options: str, open_files: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`serve` in a process of its own (with at most `open_files` descriptors), once it answers /healthz."""
+
+    def limit_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with log.open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "-c", str(config), "serve", *options],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit_files,
         )
     try:
         deadline = time.monotonic() + 30
