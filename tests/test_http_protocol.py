@@ -105,7 +105,7 @@ def test_thousands_of_stalled_connections_under_a_low_file_limit_do_not_stop_val
                 except OSError:
                     break  # the client ran out of descriptors or the server's backlog is full: enough
             raw, headers = signed(1)
-            statuses = []
+            statuses: list[int | str] = []
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # retried as a provider would, for a bounded time
                 try:
