@@ -53,7 +53,8 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
 
 
 def build_operations(config: Config, store: Store, clock: Clock, worker: Worker) -> Operations:
-    return Operations(store, clock, retention=config.settings.retention.max_age, wake=worker.wake)
+    retention = config.settings.retention
+    return Operations(store, clock, retention=retention.max_age, tombstones=retention.tombstones, wake=worker.wake)
 
 
 @asynccontextmanager

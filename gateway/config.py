@@ -106,6 +106,12 @@ class RetentionConfig(_Strict):
     max_age: Duration = Field(30 * 86400.0, gt=0, description="Events, attempts and dead letters older are purged")
     interval: Duration = Field(3600.0, gt=0, description="How often serve and worker processes purge")
     batch: int = Field(500, ge=1, description="Events deleted per transaction")
+    tombstones: Duration = Field(
+        365 * 86400.0,
+        gt=0,
+        description="How long a purged event's provider id is remembered, so that the same request replayed is "
+        "answered as a duplicate and delivered nowhere",
+    )
 
 
 class SinkConfig(_Strict):

@@ -75,13 +75,16 @@ class Ingest:
             if event is not None and event.customer and event.customer.email
             else None,
         )
-        stored = await self.store.ingest(record, targets)
-        outcome = "duplicate" if stored.duplicate else "accepted" if event is not None else "unmapped"
+        stale = source.options.stale_after is not None and record.occurred_at < received_at - source.options.stale_after
+        stored = await self.store.ingest(record, targets, skipped="stale" if stale else None)
+        outcome = (
+            "duplicate" if stored.duplicate else "stale" if stale else "accepted" if event is not None else "unmapped"
+        )
         # unmapped types are whatever a signed body says: one label value for all of them keeps the series bounded
         metric_type = webhook.provider_event_type if event is not None else "other"
         self.metrics.webhooks.labels(source_name, metric_type, outcome).inc()
-        sinks = [] if stored.duplicate else [target.sink for target in targets]
-        level = logging.WARNING if outcome == "unmapped" else logging.INFO
+        sinks = [] if stored.duplicate or stale else [target.sink for target in targets]
+        level = logging.WARNING if outcome in ("unmapped", "stale") else logging.INFO
         if logger.isEnabledFor(level):
             logger.log(
                 level,
@@ -101,6 +104,8 @@ class Ingest:
             return Acknowledgement(200, {"status": "duplicate", "event_id": stored.event_id})
         if event is None:
             return Acknowledgement(202, {"status": "unmapped", "event_id": stored.event_id})
+        if stale:
+            return Acknowledgement(202, {"status": "stale", "event_id": stored.event_id})
         self.on_stored(sinks)
         return Acknowledgement(202, {"status": "accepted", "event_id": stored.event_id, "sinks": sinks})
 

@@ -86,11 +86,18 @@ def parse(model: type[P], data: Any) -> P:
 
 class Operations:
     def __init__(
-        self, store: Store, clock: Clock, *, retention: float, wake: Callable[[Iterable[str] | None], None]
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        retention: float,
+        tombstones: float = 365 * 86400.0,
+        wake: Callable[[Iterable[str] | None], None],
     ) -> None:
         self.store = store
         self.clock = clock
         self.retention = retention
+        self.tombstones = tombstones
         self.wake = wake
 
     async def list_events(self, params: EventFilter) -> dict[str, Any]:
@@ -177,10 +184,12 @@ class Operations:
     async def purge(self, params: Purge, *, batch: int = 500) -> dict[str, Any]:
         """Delete what is older than the retention, in batches of short transactions, so ingestion goes on."""
         older_than = self.retention if params.older_than is None else params.older_than
-        before = self.clock.now() - older_than
+        now = self.clock.now()
+        before = now - older_than
         deleted = 0
-        while removed := await self.store.purge(before=before, batch=batch):
+        while removed := await self.store.purge(before=before, batch=batch, now=now):
             deleted += removed
+        await self.store.forget(tombstones_before=now - self.tombstones, state_before=before)
         return {"deleted": deleted, "older_than_seconds": older_than}
 
     async def _event(self, event_id: str) -> EventRecord:

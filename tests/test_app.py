@@ -4,6 +4,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -13,9 +14,10 @@ from hypothesis import strategies as st
 from starlette.types import Message
 
 from gateway.config import Config
+from gateway.operations import Purge
 from gateway.signing import hmac_sha256_hex
 from gateway.sources.base import load_samples
-from tests.conftest import MONCRENEAU_SECRET, YAPP_SECRET, Running, moncreneau_request, running_gateway
+from tests.conftest import MONCRENEAU_SECRET, YAPP_SECRET, Running, moncreneau_request, running_gateway, yapp_request
 from tests.helpers import metric
 
 pytestmark = pytest.mark.anyio
@@ -391,3 +393,38 @@ async def test_types_the_gateway_does_not_map_share_one_metric_label(gateway: Ru
     exposition = (await gateway.client.get("/metrics")).text
     assert "made.up" not in exposition
     assert metric(gateway, "gateway_webhooks_total", source="moncreneau", type="other", outcome="unmapped") == 30
+
+
+async def test_a_captured_request_replayed_after_its_event_was_purged_is_a_duplicate(gateway: Running) -> None:
+    raw, headers = yapp_request(sample("yappointment.json", "customer.updated"))  # routed nowhere: purgeable
+    first = await gateway.client.post("/webhooks/yapp", content=raw, headers=headers)
+    assert first.status_code == 202
+    gateway.clock.advance(31 * 86400)
+    purged = await gateway.app.state.operations.purge(Purge())
+    assert purged["deleted"] == 1 and await stored(gateway) == 0
+    replayed = await gateway.client.post("/webhooks/yapp", content=raw, headers=headers)
+    assert replayed.status_code == 200
+    assert replayed.json() == {"status": "duplicate", "event_id": first.json()["event_id"]}
+    assert await stored(gateway) == 0 and await gateway.worker.run_due() == 0
+
+
+async def test_an_event_older_than_the_sources_window_is_acknowledged_and_delivered_nowhere(
+    write_config: Callable[..., Config],
+) -> None:
+    window = f"sources:\n  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], stale_after: 1d}}\n"
+    config = write_config(window + SINKS, with_sources=False)
+    async with running_gateway(config) as gateway:
+        gateway.clock.advance(datetime(2026, 1, 24, 16, 46, tzinfo=UTC).timestamp() - gateway.clock.now())
+        old = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.cancelled"))
+        assert old.status_code == 202 and old.json()["status"] == "stale"
+        deliveries = await gateway.store.deliveries(old.json()["event_id"])
+        assert {(d.sink, d.status, d.dead_reason) for d in deliveries} == {
+            ("journal", "skipped", "stale"),
+            ("crm", "skipped", "stale"),
+        }
+        assert await gateway.worker.run_due() == 0
+        labels = {"source": "moncreneau", "type": "appointment.cancelled", "outcome": "stale"}
+        assert metric(gateway, "gateway_webhooks_total", **labels) == 1
+        created = sample("moncreneau.json", "appointment.created")
+        created["created"] = "2026-01-24T12:00:00Z"  # five hours ago: within the window
+        assert (await gateway.post_moncreneau(created)).json()["status"] == "accepted"

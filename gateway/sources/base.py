@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from gateway.cleaning import CONTROL, single_line
+from gateway.durations import Duration
 from gateway.events import AppointmentEvent
 from gateway.exceptions import WebhookRejected
 from gateway.ingress import RateLimit
@@ -88,6 +89,11 @@ class SourceOptions(BaseModel):
     default_region: str | None = Field(None, description="ISO 3166 region for phone numbers without +country code")
     allow_ips: list[IPvAnyNetwork] | None = Field(None, description="CIDR ranges allowed to post; anyone when unset")
     rate_limit: RateLimit | None = Field(None, description="Per client: {per_second, burst}; 429 beyond it")
+    stale_after: Duration | None = Field(
+        None,
+        description="Events whose provider time is older than this are acknowledged and delivered nowhere "
+        "(recorded with their deliveries skipped, reason stale): a captured request replayed later does nothing",
+    )
 
     @field_validator("secrets")
     @classmethod

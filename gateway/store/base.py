@@ -11,7 +11,7 @@ from gateway.routing import Target
 if TYPE_CHECKING:
     from gateway.store.queries import DeadLetterQuery, EventQuery
 
-DeliveryStatus = Literal["pending", "succeeded", "dead", "discarded"]
+DeliveryStatus = Literal["pending", "succeeded", "dead", "discarded", "skipped"]
 Outcome = Literal["succeeded", "retryable", "permanent"]
 """An attempt's result: delivered, failed in a way that may pass, or failed for good."""
 
@@ -146,9 +146,10 @@ class Store(Protocol):
         at every sink). A store that cannot tell waits forever, and workers fall back on polling."""
         ...
 
-    async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
-        """Commit the event and one pending delivery per target in one transaction, unless the provider's event id
-        was stored before (then nothing is written and `duplicate` is set). Raises StorageError."""
+    async def ingest(self, event: EventRecord, targets: Sequence[Target], *, skipped: str | None = None) -> Ingested:
+        """Commit the event and one pending delivery per target in one transaction (`skipped` deliveries with that
+        reason instead, when given), unless the provider's event id was stored before, or purged since (then
+        nothing is written and `duplicate` is set). Raises StorageError."""
         ...
 
     async def claim(
@@ -213,9 +214,14 @@ class Store(Protocol):
         """Move one dead delivery to `pending` (retry now) or `discarded`; False unless it was dead."""
         ...
 
-    async def purge(self, *, before: float, batch: int) -> int:
+    async def purge(self, *, before: float, batch: int, now: float) -> int:
         """Delete up to `batch` events received before `before` whose deliveries are all finished, with their
-        deliveries, attempts and sent messages, in one short transaction; return how many events went."""
+        deliveries, attempts and sent messages, in one short transaction, remembering each one's provider id (a
+        tombstone, dated `now`: `ingest` takes it again as a duplicate); return how many events went."""
+        ...
+
+    async def forget(self, *, tombstones_before: float, state_before: float) -> None:
+        """Delete tombstones made before `tombstones_before` and sink state last written before `state_before`."""
         ...
 
     async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:

@@ -53,6 +53,9 @@ CHANNEL = "gateway_deliveries"
 EVENT_COLUMNS = statements.EVENT_COLUMNS
 FIND_EVENT_ID = for_psycopg(statements.FIND_EVENT_ID)
 INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
+FIND_PURGED = for_psycopg(statements.FIND_PURGED)
+FORGET_PURGED = for_psycopg(statements.FORGET_PURGED)
+PURGE_STATE = for_psycopg(statements.PURGE_STATE)
 INSERT_ATTEMPT = for_psycopg(statements.INSERT_ATTEMPT)
 RELEASE = for_psycopg(statements.RELEASE)
 SELECT_EVENT = for_psycopg(statements.SELECT_EVENT)
@@ -132,6 +135,8 @@ LIMIT %s
 FOR UPDATE SKIP LOCKED
 """
 PURGE = (
+    "INSERT INTO purged_events (source, provider_event_id, event_id, purged_at) "
+    "SELECT source, provider_event_id, id, %s FROM events WHERE id = ANY(%s) ON CONFLICT DO NOTHING",
     "DELETE FROM sent_messages WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY(%s))",
     "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY(%s))",
     "DELETE FROM deliveries WHERE event_id = ANY(%s)",
@@ -253,12 +258,15 @@ class PostgresStore:
                 applied.append(name)
         return applied
 
-    async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
+    async def ingest(self, event: EventRecord, targets: Sequence[Target], *, skipped: str | None = None) -> Ingested:
         values = [
             json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
         ]
+        status = "pending" if skipped is None else "skipped"
 
         async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
+            if purged := await (await conn.execute(FIND_PURGED, (event.source, event.provider_event_id))).fetchone():
+                return Ingested(event_id=purged[0], duplicate=True)
             if await (await conn.execute(INSERT_EVENT, values)).fetchone() is None:
                 existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
                 assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
@@ -276,13 +284,16 @@ class PostgresStore:
                                 event.ordering_key,
                                 event.occurred_at,
                                 event.received_at,
+                                status,
+                                skipped,
                                 event.received_at,
                                 event.received_at,
                             )
                             for target in targets
                         ],
                     )
-                await conn.execute(NOTIFY, (CHANNEL, ",".join(target.sink for target in targets)))
+                if skipped is None:
+                    await conn.execute(NOTIFY, (CHANNEL, ",".join(target.sink for target in targets)))
             return Ingested(event_id=event.id, duplicate=False)
 
         return await self._run(ingest)
@@ -462,15 +473,24 @@ class PostgresStore:
 
         return await self._run(discard)
 
-    async def purge(self, *, before: float, batch: int) -> int:
+    async def purge(self, *, before: float, batch: int, now: float) -> int:
         async def purge(conn: psycopg.AsyncConnection[Any]) -> int:
             ids = [row[0] for row in await (await conn.execute(PURGEABLE, (before, batch))).fetchall()]
             if ids:
-                for statement in PURGE:
+                tombstones, *deletes = PURGE
+                await conn.execute(tombstones, (now, ids))
+                for statement in deletes:
                     await conn.execute(statement, (ids,))
             return len(ids)
 
         return await self._run(purge)
+
+    async def forget(self, *, tombstones_before: float, state_before: float) -> None:
+        async def forget(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(FORGET_PURGED, (tombstones_before,))
+            await conn.execute(PURGE_STATE, (state_before,))
+
+        await self._run(forget)
 
     async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
         async def stats(conn: psycopg.AsyncConnection[Any]) -> dict[str, SinkStats]:

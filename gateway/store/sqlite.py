@@ -50,11 +50,14 @@ from gateway.store.statements import (
     DEAD_LETTER_IDS,
     EVENT_COLUMNS,
     FIND_EVENT_ID,
+    FIND_PURGED,
+    FORGET_PURGED,
     GET_STATE,
     INSERT_ATTEMPT,
     INSERT_DELIVERY,
     INSERT_SENT,
     LIST_DEAD_LETTERS,
+    PURGE_STATE,
     RELEASE,
     SELECT_ATTEMPTS,
     SELECT_DELIVERIES,
@@ -138,6 +141,14 @@ CREATE TABLE IF NOT EXISTS sink_state (
     updated_at REAL NOT NULL,
     PRIMARY KEY (sink, key)
 );
+CREATE TABLE IF NOT EXISTS purged_events (
+    source TEXT NOT NULL,
+    provider_event_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    purged_at REAL NOT NULL,
+    PRIMARY KEY (source, provider_event_id)
+);
+CREATE INDEX IF NOT EXISTS purged_events_at ON purged_events (purged_at);
 CREATE TABLE IF NOT EXISTS sent_messages (
     delivery_id TEXT NOT NULL REFERENCES deliveries (id),
     recipient TEXT NOT NULL,
@@ -203,6 +214,8 @@ ORDER BY e.received_at
 LIMIT ?
 """
 PURGE = (
+    "INSERT INTO purged_events (source, provider_event_id, event_id, purged_at) "
+    "SELECT source, provider_event_id, id, ? FROM events WHERE id IN ({ids}) ON CONFLICT DO NOTHING",
     "DELETE FROM sent_messages WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN ({ids}))",
     "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN ({ids}))",
     "DELETE FROM deliveries WHERE event_id IN ({ids})",
@@ -323,9 +336,13 @@ class SQLiteStore:
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._one_at_a_time)
 
-    async def ingest(self, event: EventRecord, targets: Sequence[Target]) -> Ingested:
+    async def ingest(self, event: EventRecord, targets: Sequence[Target], *, skipped: str | None = None) -> Ingested:
+        status = "pending" if skipped is None else "skipped"
+
         def ingest(db: sqlite3.Connection) -> Ingested:
             with _transaction(db):
+                if purged := db.execute(FIND_PURGED, (event.source, event.provider_event_id)).fetchone():
+                    return Ingested(event_id=purged[0], duplicate=True)
                 values = [json.dumps(event.headers) if c == "headers" else getattr(event, c) for c in EVENT_COLUMNS]
                 inserted = db.execute(INSERT_EVENT, values).rowcount
                 if not inserted:
@@ -342,6 +359,8 @@ class SQLiteStore:
                             event.ordering_key,
                             event.occurred_at,
                             event.received_at,
+                            status,
+                            skipped,
                             event.received_at,
                             event.received_at,
                         )
@@ -351,7 +370,7 @@ class SQLiteStore:
                 return Ingested(event_id=event.id, duplicate=False)
 
         ingested = await self._write(ingest)
-        if targets and not ingested.duplicate:
+        if targets and not ingested.duplicate and skipped is None:
             self._doorbell.ring(target.sink for target in targets)
         return ingested
 
@@ -486,17 +505,27 @@ class SQLiteStore:
 
         return await self._run(discard)
 
-    async def purge(self, *, before: float, batch: int) -> int:
+    async def purge(self, *, before: float, batch: int, now: float) -> int:
         def purge(db: sqlite3.Connection) -> int:
             with _transaction(db):
                 ids = [row[0] for row in db.execute(PURGEABLE, (before, batch))]
                 if ids:
                     marks = ", ".join("?" for _ in ids)
-                    for statement in PURGE:
+                    tombstones, *deletes = PURGE
+                    db.execute(tombstones.format(ids=marks), [now, *ids])
+                    for statement in deletes:
                         db.execute(statement.format(ids=marks), ids)
                 return len(ids)
 
         return await self._run(purge)
+
+    async def forget(self, *, tombstones_before: float, state_before: float) -> None:
+        def forget(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(FORGET_PURGED, (tombstones_before,))
+                db.execute(PURGE_STATE, (state_before,))
+
+        await self._run(forget)
 
     async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
         def stats(db: sqlite3.Connection) -> dict[str, SinkStats]:

@@ -18,10 +18,15 @@ EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
 FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = ?"
 
 INSERT_DELIVERY = """
-INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
-                        updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, dead_reason,
+                        next_attempt_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# A purged event's provider id is remembered (a tombstone), so that the same request replayed is a duplicate.
+FIND_PURGED = "SELECT event_id FROM purged_events WHERE source = ? AND provider_event_id = ?"
+FORGET_PURGED = "DELETE FROM purged_events WHERE purged_at < ?"
+PURGE_STATE = "DELETE FROM sink_state WHERE updated_at < ?"
 
 INSERT_ATTEMPT = """
 INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.base import AttemptRecord, EventRecord, Store, Transition
+from gateway.store.base import AttemptRecord, EventRecord, Ingested, Store, Transition
 from gateway.store.postgres import PostgresStore
 from gateway.store.queries import DeadLetterQuery, EventQuery
 from gateway.store.sqlite import SQLiteStore
@@ -288,12 +288,45 @@ async def test_purge_removes_old_finished_events_in_batches_and_keeps_the_rest(s
     recent = record("recent", key="kr", received=5000.0)
     for event, sinks in ((still_pending, targets("crm")), (unrouted, []), (recent, targets("crm"))):
         await store.ingest(event, sinks)
-    assert await store.purge(before=1000.0, batch=4) == 4  # the unrouted one and three finished ones
-    assert await store.purge(before=1000.0, batch=4) == 2
-    assert await store.purge(before=1000.0, batch=4) == 0
+    assert await store.purge(before=1000.0, batch=4, now=2000.0) == 4  # the unrouted one and three finished ones
+    assert await store.purge(before=1000.0, batch=4, now=2000.0) == 2
+    assert await store.purge(before=1000.0, batch=4, now=2000.0) == 0
     left = [e.provider_event_id for e in await store.list_events(EventQuery(), limit=10)]
     assert left == ["recent", "old_pending"]
     assert await store.count_events() == 2
+
+
+async def test_a_purged_event_replayed_is_a_duplicate_until_its_tombstone_is_forgotten(store: Store) -> None:
+    first = record("evt_replayed", received=100.0)
+    await store.ingest(first, [])
+    assert await store.purge(before=1000.0, batch=10, now=2000.0) == 1
+    again = await store.ingest(record("evt_replayed", received=3000.0), targets("crm"))
+    assert again == Ingested(event_id=first.id, duplicate=True)
+    assert await store.count_events() == 0
+    assert await store.claim("crm", limit=10, now=4000.0, owner="w", lease_until=4100.0) == []
+    await store.forget(tombstones_before=1999.0, state_before=0.0)  # kept: made at 2000
+    assert (await store.ingest(record("evt_replayed", received=3000.0), [])).duplicate
+    await store.forget(tombstones_before=2001.0, state_before=0.0)
+    assert not (await store.ingest(record("evt_replayed", received=3000.0), [])).duplicate
+
+
+async def test_skipped_deliveries_are_recorded_with_their_reason_and_never_claimed(store: Store) -> None:
+    event = record("evt_stale")
+    await store.ingest(event, targets("crm", "sms"), skipped="stale")
+    rows = await store.deliveries(event.id)
+    assert [(row.sink, row.status, row.dead_reason) for row in rows] == [
+        ("crm", "skipped", "stale"),
+        ("sms", "skipped", "stale"),
+    ]
+    assert await store.claim("crm", limit=10, now=5000.0, owner="w", lease_until=5100.0) == []
+    assert (await store.sink_stats(now=5000.0)).get("crm") is None
+
+
+async def test_sink_state_not_written_since_the_cut_off_is_forgotten(store: Store) -> None:
+    await store.set_state("calendar", "appointment:old", "{}", now=100.0)
+    await store.set_state("calendar", "appointment:new", "{}", now=2000.0)
+    await store.forget(tombstones_before=0.0, state_before=1000.0)
+    assert await store.list_state("calendar", "appointment:") == {"appointment:new": "{}"}
 
 
 async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
@@ -325,7 +358,7 @@ async def test_purging_while_events_arrive_loses_nothing_newer_than_the_cut_off(
 
     async def purge() -> None:
         nonlocal purged
-        while removed := await store.purge(before=1000.0, batch=7):
+        while removed := await store.purge(before=1000.0, batch=7, now=6000.0):
             purged += removed
 
     async with anyio.create_task_group() as tasks:
