@@ -23,7 +23,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from gateway.clock import SystemClock
-from gateway.config import Config, admin_exposure, load_config
+from gateway.config import Config, admin_exposure, load_config, secret_values
 from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
 from gateway.http_protocol import GuardedHttpToolsProtocol, Limits, connections_allowed
@@ -66,7 +66,11 @@ def _configured(path: str) -> Config:
     config = load_config(path, plugin_manager())
     settings = config.settings.logging
     configure_logging(
-        format=settings.format, level=os.environ.get("GATEWAY_LOG_LEVEL", settings.level), redacted=settings.redact
+        format=settings.format,
+        level=os.environ.get("GATEWAY_LOG_LEVEL", settings.level),
+        redacted=settings.redact,
+        secrets=secret_values(config.settings),
+        libraries=settings.libraries,
     )
     return config
 

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import pluggy
 import yaml
@@ -73,8 +74,9 @@ class StorageConfig(_Strict):
     def _known_scheme(cls, url: str) -> str:
         if url.startswith(("postgresql://", "postgres://")) or (url.startswith("sqlite:///") and url != "sqlite:///"):
             return url
+        scheme = url.partition("://")[0] if "://" in url else url[:20]
         raise ValueError(
-            f"{url!r} is not a storage URL this gateway knows; write e.g. sqlite:///data/gateway.db or "
+            f"{scheme!r} is not a storage this gateway knows; write e.g. sqlite:///data/gateway.db or "
             "postgresql://gateway:${DB_PASSWORD}@db:5432/gateway"
         )
 
@@ -100,6 +102,9 @@ class LoggingConfig(_Strict):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     redact: bool = Field(True, description="Mask customers' names, phones and emails in logs")
+    libraries: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Level of the sinks' libraries' loggers (twilio, sendgrid, httpx, aiohttp...)"
+    )
 
 
 class RetentionConfig(_Strict):
@@ -162,6 +167,31 @@ def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return Config(path=path, settings=settings, sources=sources, sinks=sinks)
+
+
+SECRET_KEY = re.compile(r"secret|token|password|passwd|api_key|apikey|auth|credential|feeds", re.IGNORECASE)
+
+
+def secret_values(settings: GatewayConfig) -> list[str]:
+    """Every configured value that is a secret (a key naming one, anywhere below; a password in a URL), to be
+    masked wherever it might be printed."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or bool(SECRET_KEY.search(str(key))))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item, secret)
+        elif isinstance(value, str):
+            if secret:
+                found.append(value)
+            if "://" in value and (password := urlsplit(value).password):
+                found.append(password)
+
+    walk(settings.model_dump(mode="json"), False)
+    return found
 
 
 def admin_exposure(admin: AdminConfig, server: ServerConfig, host: str | None = None) -> str | None:
@@ -336,6 +366,8 @@ def _problems(error: ValidationError, model: type[BaseModel], prefix: tuple[str 
             message = item["msg"].removeprefix("Value error, ")
             given = item.get("input")
             shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) else ""
+            if SECRET_KEY.search(key) or (isinstance(given, str) and "://" in given and urlsplit(given).password):
+                shown = ""  # a secret is never printed, not even a wrong one
             problems.append(f"{key}: {message}{shown}")
     return problems
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.config import Config, load_config
 from gateway.delivery import Worker
+from gateway.logs import LIBRARIES
 from gateway.plugins import plugin_manager
 from gateway.signing import hmac_sha256_hex
 from gateway.store.sqlite import SQLiteStore
@@ -88,6 +90,20 @@ class Running:
     async def post_yapp(self, body: dict[str, Any], secret: str = YAPP_SECRET) -> httpx.Response:
         raw, headers = yapp_request(body, secret)
         return await self.client.post("/webhooks/yapp", content=raw, headers=headers)
+
+
+@pytest.fixture(autouse=True)
+def restored_logging() -> Iterator[None]:
+    """`main()` sets up logging for a process (root handlers, levels); a test that calls it gets the test run's
+    logging back afterwards, so that no handler writes to a stream pytest has closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    libraries = {name: logging.getLogger(name).level for name in LIBRARIES}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, library_level in libraries.items():
+        logging.getLogger(name).setLevel(library_level)
 
 
 @asynccontextmanager

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import Config, load_config
+from gateway.config import Config, load_config, secret_values
 from gateway.exceptions import ConfigError
 from gateway.plugins import plugin_manager
+from tests.conftest import MONCRENEAU_SECRET, YAPP_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE_SINK = """
@@ -69,6 +70,56 @@ def test_a_missing_variable_names_the_key_and_the_fix(
     assert "${CRM_TOKEN:-default}" in message
 
 
+def test_a_configuration_error_never_prints_a_secret(write_config: Callable[..., Config]) -> None:
+    settings = problems(
+        write_config,
+        """
+        storage: {url: "mysql://gateway:Sup3r-S3cret-Pw@db:5432/gw"}
+        admin: {token: [tok-0123456789abcdef-XYZ]}
+        """,
+    )
+    sinks = problems(
+        write_config,
+        """
+        sinks:
+          crm: {type: http, options: {url: "http://crm.test", signing_secret: "whsec_not-base64-S3cret!"}}
+          sms:
+            type: twilio_sms
+            options: {account_sid: AC123, auth_token: [twilio-S3cret], from: "+15005550006"}
+        """,
+    )
+    message = settings + sinks
+    for key in ("storage.url", "admin.token", "signing_secret", "auth_token"):
+        assert key in message, message
+    for secret in ("Sup3r-S3cret-Pw", "tok-0123456789abcdef-XYZ", "whsec_not-base64-S3cret!", "twilio-S3cret"):
+        assert secret not in message, message
+
+
+def test_every_secret_of_the_configuration_is_found_to_be_masked(
+    write_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(
+        """
+        admin: {token: admin-token-0123456789}
+        sinks:
+          crm:
+            type: http
+            options: {url: "http://user:url-password@crm.test", headers: {Authorization: "Bearer crm-key-1"}}
+          calendar: {type: caldav, options: {feeds: {appointments: feed-token-0123456789}, password: dav-pw}}
+        """
+    )
+    assert set(secret_values(config.settings)) >= {
+        MONCRENEAU_SECRET,
+        "mc-secret-previous",
+        YAPP_SECRET,
+        "admin-token-0123456789",
+        "url-password",
+        "Bearer crm-key-1",
+        "feed-token-0123456789",
+        "dav-pw",
+    }
+
+
 def test_an_unknown_key_suggests_the_right_one(write_config: Callable[..., Config]) -> None:
     message = problems(
         write_config, "sinks:\n  crm:\n    type: file\n    options: {path: x}\n    retry: {max_attempt: 3}\n"
@@ -114,7 +165,7 @@ def test_every_problem_is_reported_at_once(write_config: Callable[..., Config]) 
     [
         ("server: {port: 70000}", "server.port: Input should be less than or equal to 65535 (got 70000)"),
         ("server: {prot: 8080}", "server.prot: unknown key; did you mean port?"),
-        ("storage: {url: 'mysql://x'}", "storage.url: 'mysql://x' is not a storage URL"),
+        ("storage: {url: 'mysql://x'}", "storage.url: 'mysql' is not a storage this gateway knows"),
         ("sinks: {a: {type: file, options: {path: x}, timeout: soon}}", "sinks.a.timeout: 'soon' is not a duration"),
         (
             "sinks: {a: {type: file, options: {path: x}, concurrency: 0}}",

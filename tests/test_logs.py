@@ -3,6 +3,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -77,16 +79,73 @@ def test_redaction_masks_contacts_but_not_ids_or_times() -> None:
 
 
 def test_logging_can_be_plain_text_and_unredacted(capsys: pytest.CaptureFixture[str]) -> None:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging(format="text", level="INFO", redacted=False)
-        logging.getLogger("gateway.test").info("call +224621234567")
-        configure_logging(format="json", level="INFO", redacted=True)
-        logging.getLogger("gateway.test").info("call +224621234567")
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    configure_logging(format="text", level="INFO", redacted=False)
+    logging.getLogger("gateway.test").info("call +224621234567")
+    configure_logging(format="json", level="INFO", redacted=True)
+    logging.getLogger("gateway.test").info("call +224621234567")
     plain, structured = capsys.readouterr().err.splitlines()
     assert plain.endswith("INFO gateway.test: call +224621234567")
     assert json.loads(structured)["message"] == "call [phone]"
+
+
+def test_plain_text_lines_keep_the_structured_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(format="text", level="INFO", redacted=True)
+    extra = {"sink": "crm", "event_id": "e-1", "attempt": 2, "detail": 'said "no" = 422', "status_code": None}
+    logging.getLogger("gateway.delivery").warning("attempt retryable", extra=extra)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(
+        'WARNING gateway.delivery: attempt retryable sink=crm event_id=e-1 attempt=2 detail="said \\"no\\" = 422"'
+    )
+
+
+def test_secrets_are_masked_everywhere_even_unredacted_and_libraries_stay_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secrets = ["SG.very-secret-key", "whsec-signing-1"]
+    configure_logging(format="json", level="DEBUG", redacted=False, secrets=secrets)
+    logging.getLogger("python_http_client.client").debug("Authorization: Bearer SG.very-secret-key")  # below WARNING
+    for library in ("twilio.http_client", "sendgrid", "httpx", "aiohttp.client"):
+        logging.getLogger(library).info("-- BEGIN Twilio API Request --")
+    logging.getLogger("gateway.test").warning("refused: whsec-signing-1 and SG.very-secret-key")
+    try:
+        raise RuntimeError("token SG.very-secret-key for jean.dupont@example.gn")
+    except RuntimeError:
+        logging.getLogger("gateway.test").exception("it failed")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["message"] for line in lines] == ["refused: [secret] and [secret]", "it failed"]
+    assert "RuntimeError: token [secret] for jean.dupont@example.gn" in lines[1]["error"]  # contacts: not asked
+
+
+def test_tracebacks_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(format="json", level="INFO", redacted=True)
+    try:
+        raise ValueError("no such customer jean.dupont@example.gn (+224 621 23 45 67)")
+    except ValueError:
+        logging.getLogger("gateway.test").exception("attempt failed in the worker")
+    (line,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert "ValueError: no such customer [email] ([phone])" in line["error"]
+    assert "jean.dupont" not in line["error"]
+
+
+def test_redaction_takes_time_in_proportion_to_the_text() -> None:
+    """A 40,000-character value once took 6 s (the email pattern tried every start position): ten times the text
+    may take about ten times as long, not a hundred."""
+
+    def cost(size: int) -> float:
+        texts = ["a" * size, "a." * (size // 2), "a@" * (size // 2), "+1" * (size // 2), "a@b" + ".c" * (size // 2)]
+        timings = []
+        for _ in range(5):
+            began = time.perf_counter()
+            for text in texts:
+                redact(text)
+            timings.append(time.perf_counter() - began)
+        return statistics.median(timings)
+
+    small, large = cost(4000), cost(40000)
+    assert large < 30 * small, f"4,000 characters: {small:.4f}s; 40,000: {large:.4f}s"
+
+
+def test_logged_field_values_are_capped() -> None:
+    record = logging.makeLogRecord({"msg": "webhook duplicate", "provider_delivery_id": "x" * 40000})
+    Redactor().filter(record)
+    assert record.__dict__["provider_delivery_id"] == "x" * 1000 + "...[39000 more characters]"

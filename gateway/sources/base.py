@@ -38,6 +38,7 @@ from gateway.ingress import RateLimit
 M = TypeVar("M", bound=BaseModel)
 ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 MAX_ID = 200
+MAX_HEADER = 200
 HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f-\x9f\u2028\u2029\"'<>\\]{1,2000}\Z", re.IGNORECASE)
 
 
@@ -164,7 +165,8 @@ class Source(ABC):
         return []
 
     def kept(self, headers: Mapping[str, str]) -> dict[str, str]:
-        return {name: headers[name] for name in self.kept_headers if name in headers}
+        """The `kept_headers` present, each cut to MAX_HEADER characters: they are not signed, and are logged."""
+        return {name: headers[name][:MAX_HEADER] for name in self.kept_headers if name in headers}
 
     def phone(self, raw: str | None) -> str | None:
         """E.164 form of a provider's number, read with the source's default region; None when unparseable."""

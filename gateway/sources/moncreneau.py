@@ -144,13 +144,14 @@ class Moncreneau(Source):
         envelope = validated(_Envelope, body)
         occurred_at = self.local_time(envelope.created)
         assert occurred_at is not None
+        kept = self.kept(headers)
         webhook = Webhook(
             provider_event_id=envelope.id,
             provider_event_type=envelope.type,
             occurred_at=occurred_at,
             event=None,
-            provider_delivery_id=headers.get("x-moncreneau-delivery"),
-            headers=self.kept(headers),
+            provider_delivery_id=kept.get("x-moncreneau-delivery"),
+            headers=kept,
         )
         if envelope.type not in EVENT_TYPES:
             return webhook
