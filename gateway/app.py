@@ -46,7 +46,7 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
         lanes,
         clock=clock,
         poll_interval=settings.worker.poll_interval,
-        lease_margin=settings.worker.lease_margin,
+        lease=settings.worker.lease,
         shutdown_grace=settings.worker.shutdown_grace,
         metrics=metrics,
     )

@@ -84,7 +84,12 @@ class StorageConfig(_Strict):
 class WorkerConfig(_Strict):
     enabled: bool = Field(True, description="Run the delivery worker inside `serve`")
     poll_interval: Duration = Field(1.0, gt=0, description="How often the worker looks for due deliveries")
-    lease_margin: Duration = Field(30.0, ge=0, description="A claim lasts twice the sink's timeout plus this")
+    lease: Duration = Field(
+        10.0,
+        gt=0,
+        description="A claim lasts this long, renewed every third of it while its worker holds it: a worker that "
+        "dies loses its claims this long after, to any other",
+    )
     shutdown_grace: Duration = Field(10.0, ge=0, description="How long in-flight attempts may finish at shutdown")
 
 

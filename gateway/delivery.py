@@ -7,11 +7,11 @@ The worker talks to the store through its protocol and never writes SQL.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from gateway.clock import Clock, SystemClock
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
+from gateway.leases import is_gone, owner_id
 from gateway.logs import redact
 from gateway.metrics import Metrics
 from gateway.retry import GiveUp, RetryPolicy, after_failure
@@ -96,7 +97,7 @@ class Worker:
         *,
         clock: Clock | None = None,
         poll_interval: float = 1.0,
-        lease_margin: float = 30.0,
+        lease: float = 10.0,
         shutdown_grace: float = 10.0,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
@@ -104,9 +105,9 @@ class Worker:
         self.store = store
         self.lanes = dict(lanes)
         self.clock = clock or SystemClock()
-        self.owner = f"worker-{uuid.uuid4()}"
+        self.owner = owner_id()
         self.poll_interval = poll_interval
-        self.lease_margin = lease_margin
+        self.lease = lease
         self.shutdown_grace = shutdown_grace
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
@@ -117,6 +118,8 @@ class Worker:
         self._more_due = dict.fromkeys(self.lanes, False)
         """Per sink, whether its last claim was cut short by the limit (more may be due than it took)."""
         self._wakeups = {name: anyio.Event() for name in self.lanes}
+        self._retries: dict[str, list[float]] = {name: [] for name in self.lanes}
+        """Per sink, when the retries this worker scheduled fall due (a heap): it wakes for them, not at a poll."""
         self._stop = anyio.Event()
         self.running = False
         """True while `run` is delivering (readiness)."""
@@ -133,13 +136,28 @@ class Worker:
         self._stop.set()
         self.wake()
 
+    async def take_back_orphans(self) -> int:
+        """Release the leases of workers whose process is gone (a crash on this host): their deliveries are due
+        again now rather than when the leases expire. Return how many."""
+        try:
+            gone = [owner for owner in await self.store.lease_owners() if is_gone(owner)]
+            released = sum([await self.store.release_owner(owner) for owner in gone])
+        except StorageError as error:
+            logger.error("cannot take back the leases of crashed workers (they will expire): %s", error)
+            return 0
+        if released:
+            logger.warning("took back %d deliveries leased by %s, which no longer run", released, ", ".join(gone))
+        return released
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         logger.info("worker %s delivering to %s", self.owner, ", ".join(self.lanes) or "no sink")
+        await self.take_back_orphans()
         self.running = True
         task_status.started()
         try:
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self.store.watch, self.wake)
+                watching.start_soon(self._renew_leases)
                 async with anyio.create_task_group() as lanes:
                     lanes.start_soon(self._stop.wait)  # run until stopped, even with no sink to drive
                     for lane in self.lanes.values():
@@ -148,6 +166,19 @@ class Worker:
         finally:
             self.running = False
             self.finished.set()
+
+    async def _renew_leases(self) -> None:
+        """Every third of a lease, extend the leases of what this worker holds (in flight, or claimed and waiting
+        for a slot): leases stay short, so that a dead worker's deliveries come back within one, on any host."""
+        while True:
+            await anyio.sleep(self.lease / 3)
+            held = [delivery_id for claimed in self._claimed.values() for delivery_id in claimed]
+            if not held:
+                continue
+            try:
+                await self.store.renew(held, self.owner, lease_until=self.clock.now() + self.lease)
+            except StorageError as error:
+                logger.error("cannot renew the leases of %d deliveries (they may expire): %s", len(held), error)
 
     async def run_due(self) -> int:
         """Claim and attempt, once, what is due now on every sink (up to its concurrency); return how many attempts
@@ -165,9 +196,16 @@ class Worker:
                 # (ingest or the store wakes it, even during the claim), a slot freed while more were due, or a poll.
                 self._wakeups[lane.name] = wakeup = anyio.Event()
                 await self._claim(lane, attempts)
-                with anyio.move_on_after(self.poll_interval):
+                with anyio.move_on_after(self._until_next_look(lane.name)):
                     await wakeup.wait()
             attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
+
+    def _until_next_look(self, sink: str) -> float:
+        """Seconds until the earliest retry this worker scheduled for the sink falls due, at most a poll."""
+        retries, now = self._retries[sink], self.clock.now()
+        while retries and retries[0] <= now:
+            heapq.heappop(retries)  # due by now: the claim just made took it, or an earlier one still holds it back
+        return min(self.poll_interval, retries[0] - now) if retries else self.poll_interval
 
     async def _claim(self, lane: Lane, attempts: TaskGroup, *, ahead: bool = True) -> int:
         """Claim what is due, up to the sink's free slots plus (when `ahead`) as many again to wait for them."""
@@ -175,8 +213,7 @@ class Worker:
         if free <= 0:
             return 0
         now = self.clock.now()
-        # a claimed delivery may wait for one attempt ahead of it to end before its own starts
-        lease_until = now + 2 * lane.timeout + self.lease_margin
+        lease_until = now + self.lease  # renewed while held (_renew_leases)
         try:
             claimed = await self.store.claim(lane.name, limit=free, now=now, owner=self.owner, lease_until=lease_until)
         except StorageError as error:
@@ -184,6 +221,8 @@ class Worker:
             return 0
         self._more_due[lane.name] = len(claimed) == free
         for delivery in claimed:
+            if delivery.id in self._claimed[lane.name]:
+                continue  # still in flight here: its lease looked expired only because the clock jumped forward
             self._claimed[lane.name].add(delivery.id)
             attempts.start_soon(self._attempt, lane, delivery)
         return len(claimed)
@@ -208,6 +247,8 @@ class Worker:
                 self.metrics.dead_lettered.labels(lane.name).inc()
                 logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)
             await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
+            if transition.next_attempt_at is not None:
+                heapq.heappush(self._retries[lane.name], transition.next_attempt_at)
         except StorageError as error:
             logger.error("cannot record attempt %d of delivery %s (it will be retried): %s", number, claimed.id, error)
         except Exception:

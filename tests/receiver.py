@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    arrived_at: float = field(default_factory=time.monotonic)
 
 
 class Receiver:

@@ -1,20 +1,25 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
+from gateway.app import create_app
+from gateway.clock import SystemClock
 from gateway.config import Config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import StorageError
 from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
-from tests.conftest import Running, running_gateway
+from tests.conftest import Running, moncreneau_request, running_gateway
 from tests.helpers import until
 from tests.receiver import Answer, Receiver, receiver
 
@@ -228,6 +233,77 @@ async def test_a_crashed_workers_leases_come_back(write_config: Callable[[str], 
     assert len(crm.requests) == 1
 
 
+def dead_owner() -> str:
+    """The owner id a worker in a process that has exited had."""
+    finished = subprocess.run(
+        [sys.executable, "-c", "from gateway.leases import owner_id; print(owner_id())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return finished.stdout.strip()
+
+
+async def test_a_restarted_worker_takes_back_at_once_what_its_crashed_predecessor_held(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 10s")))
+    async with running_gateway(config) as gateway:
+        crashed, elsewhere = dead_owner(), "worker:another-host:1:1:abc"
+        first = await accepted(gateway, event(event_id="evt_1", appointment=1))
+        second = await accepted(gateway, event(event_id="evt_2", appointment=2))
+        now = gateway.clock.now()
+        await gateway.store.claim("crm", limit=1, now=now, owner=crashed, lease_until=now + 40)
+        await gateway.store.claim("crm", limit=1, now=now, owner=elsewhere, lease_until=now + 40)
+        assert await gateway.worker.run_due() == 0
+        assert await gateway.worker.take_back_orphans() == 1  # not the other host's: it cannot be checked
+        assert await gateway.worker.run_due() == 1
+        statuses = {(await only_delivery(gateway, event_id)).status for event_id in (first, second)}
+    assert statuses == {"succeeded", "pending"} and len(crm.requests) == 1
+
+
+async def test_a_clock_jumping_forward_never_makes_the_worker_claim_its_own_attempt_again(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    release = anyio.Event()
+    crm.script(Answer(hold=release))
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 10s")))
+    async with running_gateway(config, run_worker=True) as gateway:
+        event_id = await accepted(gateway, event())
+        with anyio.fail_after(5):
+            await crm.wait_for(1)
+            gateway.clock.advance(3600)  # every lease now looks expired
+            gateway.worker.wake()
+            claims_before = len(crm.requests)
+            for _ in range(20):  # give the lane every chance to claim it again
+                await anyio.sleep(0.01)
+            release.set()
+
+            async def recorded() -> bool:
+                return bool((await only_delivery(gateway, event_id)).status != "pending")
+
+            await until(recorded, "the attempt to be recorded", 5)
+    assert claims_before == 1 and len(crm.requests) == 1
+
+
+async def test_a_worker_renews_the_lease_of_an_attempt_that_outlasts_it(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    release = anyio.Event()
+    crm.script(Answer(hold=release))
+    config = write_config(http_sinks(crm=(crm.url, "timeout: 10s")).replace("worker: {", "worker: {lease: 300ms, "))
+    async with running_gateway(config, run_worker=True) as gateway:
+        await accepted(gateway, event())
+        began = gateway.clock.now()
+        with anyio.fail_after(5):
+            await crm.wait_for(1)
+            gateway.clock.advance(0.2)
+            await anyio.sleep(0.3)  # a renewal (every 0.1 s) extends the lease to 0.5 s past the claim
+            taken = await gateway.store.claim("crm", limit=1, now=began + 0.4, owner="other", lease_until=began + 9)
+            release.set()
+    assert taken == []
+
+
 @pytest.mark.fault
 async def test_a_slow_sink_delays_neither_a_fast_sink_nor_acknowledgements(
     write_config: Callable[[str], Config], crm: Receiver
@@ -394,3 +470,31 @@ async def test_a_stored_event_that_cannot_be_read_is_dead_lettered_at_once(
         delivery = await only_delivery(gateway, event_id)
     assert (delivery.status, delivery.dead_reason) == ("dead", "unreadable event")
     assert delivery.last_error.startswith("the stored event cannot be read") and crm.requests == []
+
+
+async def test_a_retry_is_attempted_within_a_tenth_of_a_second_of_its_due_time(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    crm.script(Answer(503), Answer(503))
+    config = write_config(
+        f"""
+        worker: {{poll_interval: 5s}}
+        sinks:
+          crm: {{type: http, options: {{url: "{crm.url}"}}, retry: {{schedule: [400ms, 700ms]}}}}
+        routes:
+          - sinks: [crm]
+        """
+    )
+    store = SQLiteStore.from_url(config.settings.storage.url)
+    app = create_app(config, store=store, clock=SystemClock(), run_worker=True)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client,
+    ):
+        raw, headers = moncreneau_request(event())
+        assert (await client.post("/webhooks/moncreneau", content=raw, headers=headers)).status_code == 202
+        with anyio.fail_after(10):
+            first, second, third = await crm.wait_for(3)
+    waits = (second.arrived_at - first.arrived_at, third.arrived_at - second.arrived_at)
+    print(f"retries after {waits[0]:.3f}s and {waits[1]:.3f}s (due after 0.4 and 0.7 s)")
+    assert 0.4 <= waits[0] < 0.5 and 0.7 <= waits[1] < 0.8

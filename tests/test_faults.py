@@ -39,7 +39,7 @@ def configure(tmp_path: Path, port: int, sink_url: str, *, retry: str = "{schedu
         f"""
 server: {{port: {port}, read_timeout: 1s, max_body_bytes: 65536}}
 storage: {{url: "sqlite:///{tmp_path}/gateway.db"}}
-worker: {{poll_interval: 100ms, lease_margin: 1s}}
+worker: {{poll_interval: 100ms, lease: 1s}}
 logging: {{level: WARNING}}
 sources:
   moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}

@@ -62,7 +62,7 @@ async def test_replicas_and_workers_deliver_every_accepted_event_once_through_a_
         config.write_text(
             f"""
 storage: {{url: "{postgres_url}", pool_max: 4}}
-worker: {{poll_interval: 1s, lease_margin: 1s, shutdown_grace: 1s}}
+worker: {{poll_interval: 1s, lease: 1s, shutdown_grace: 1s}}
 sources:
   moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}
 sinks:
@@ -119,7 +119,7 @@ routes:
                 started = time.monotonic()
                 await post_range(0, EVENTS // 2)
                 await until(flowing, "deliveries to flow", 60)
-                owner = re.search(r"worker (worker-[0-9a-f-]+) delivering", (tmp_path / "worker0.log").read_text())
+                owner = re.search(r"worker (worker:\S+) delivering", (tmp_path / "worker0.log").read_text())
                 assert owner is not None
                 workers[0].send_signal(signal.SIGKILL)
                 workers[0].wait()

@@ -169,6 +169,18 @@ class Store(Protocol):
         """Give leases back without an attempt, so that another worker may claim them at once."""
         ...
 
+    async def renew(self, delivery_ids: Sequence[str], owner: str, *, lease_until: float) -> None:
+        """Extend the leases `owner` still holds on these deliveries."""
+        ...
+
+    async def lease_owners(self) -> set[str]:
+        """The owners holding leases on pending deliveries, expired or not."""
+        ...
+
+    async def release_owner(self, owner: str) -> int:
+        """Give back every lease `owner` holds (its process is gone); return how many."""
+        ...
+
     async def get_state(self, sink: str, key: str) -> str | None:
         """A sink's own remembered value (e.g. what it last applied for an appointment), or None."""
         ...

@@ -58,6 +58,9 @@ FORGET_PURGED = for_psycopg(statements.FORGET_PURGED)
 PURGE_STATE = for_psycopg(statements.PURGE_STATE)
 INSERT_ATTEMPT = for_psycopg(statements.INSERT_ATTEMPT)
 RELEASE = for_psycopg(statements.RELEASE)
+LEASE_OWNERS = statements.LEASE_OWNERS
+RENEW = for_psycopg(statements.RENEW)
+RELEASE_OWNER = for_psycopg(statements.RELEASE_OWNER)
 SELECT_EVENT = for_psycopg(statements.SELECT_EVENT)
 SELECT_DELIVERIES = for_psycopg(statements.SELECT_DELIVERIES)
 SELECT_ATTEMPTS = for_psycopg(statements.SELECT_ATTEMPTS)
@@ -341,6 +344,25 @@ class PostgresStore:
             return cursor.rowcount > 0
 
         return await self._run(record)
+
+    async def renew(self, delivery_ids: Sequence[str], owner: str, *, lease_until: float) -> None:
+        async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(RENEW, [(lease_until, delivery_id, owner) for delivery_id in delivery_ids])
+
+        await self._run(renew)
+
+    async def lease_owners(self) -> set[str]:
+        async def owners(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+            return {row[0] for row in await (await conn.execute(LEASE_OWNERS)).fetchall()}
+
+        return await self._run(owners)
+
+    async def release_owner(self, owner: str) -> int:
+        async def release(conn: psycopg.AsyncConnection[Any]) -> int:
+            return (await conn.execute(RELEASE_OWNER, (owner,))).rowcount
+
+        return await self._run(release)
 
     async def release(self, delivery_ids: Sequence[str], owner: str) -> None:
         async def release(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -56,9 +56,12 @@ from gateway.store.statements import (
     INSERT_ATTEMPT,
     INSERT_DELIVERY,
     INSERT_SENT,
+    LEASE_OWNERS,
     LIST_DEAD_LETTERS,
     PURGE_STATE,
     RELEASE,
+    RELEASE_OWNER,
+    RENEW,
     SELECT_ATTEMPTS,
     SELECT_DELIVERIES,
     SELECT_EVENT,
@@ -418,6 +421,24 @@ class SQLiteStore:
                 return bool(moved)
 
         return await self._write(record)
+
+    async def renew(self, delivery_ids: Sequence[str], owner: str, *, lease_until: float) -> None:
+        def renew(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany(RENEW, [(lease_until, delivery_id, owner) for delivery_id in delivery_ids])
+
+        await self._write(renew)
+
+    async def lease_owners(self) -> set[str]:
+        return await self._read(lambda db: {row[0] for row in db.execute(LEASE_OWNERS)})
+
+    async def release_owner(self, owner: str) -> int:
+        def release(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                return db.execute(RELEASE_OWNER, (owner,)).rowcount
+
+        released: int = await self._write(release)
+        return released
 
     async def release(self, delivery_ids: Sequence[str], owner: str) -> None:
         def release(db: sqlite3.Connection) -> None:

@@ -34,6 +34,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 
 RELEASE = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?"
+RENEW = "UPDATE deliveries SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?"
+LEASE_OWNERS = "SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'pending' AND lease_owner IS NOT NULL"
+RELEASE_OWNER = """
+UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE status = 'pending' AND lease_owner = ?
+"""
 
 SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?"
 

@@ -329,6 +329,22 @@ async def test_sink_state_not_written_since_the_cut_off_is_forgotten(store: Stor
     assert await store.list_state("calendar", "appointment:") == {"appointment:new": "{}"}
 
 
+async def test_leases_are_renewed_only_by_their_owner_and_a_gone_owners_are_released(store: Store) -> None:
+    for n in range(3):
+        await store.ingest(record(f"evt_{n}", key=f"k{n}"), targets("crm"))
+    mine = await store.claim("crm", limit=2, now=1000.0, owner="w1", lease_until=1010.0)
+    theirs = await store.claim("crm", limit=1, now=1000.0, owner="w2", lease_until=1010.0)
+    await store.renew([d.id for d in mine + theirs], "w1", lease_until=1020.0)
+    assert [d.id for d in await store.claim("crm", limit=10, now=1015.0, owner="w3", lease_until=1030.0)] == [
+        theirs[0].id
+    ]  # w2's lease ran out; w1's two were renewed
+    assert await store.lease_owners() == {"w1", "w3"}
+    assert await store.release_owner("w1") == 2
+    assert await store.lease_owners() == {"w3"}
+    again = await store.claim("crm", limit=10, now=1015.0, owner="w4", lease_until=1030.0)
+    assert sorted(d.id for d in again) == sorted(d.id for d in mine)
+
+
 async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
     for n in range(3):
         await store.ingest(record(f"evt_{n}", key=f"k{n}", received=1000.0 + n), targets("crm"))
