@@ -275,6 +275,8 @@ def _dead_letter(letter: DeadLetter) -> dict[str, Any]:
         "sink": letter.sink,
         "source": letter.source,
         "type": letter.type or letter.provider_event_type,
+        "provider_event_type": letter.provider_event_type,
+        "provider_event_id": letter.provider_event_id,
         "attempts": letter.attempts,
         "reason": letter.dead_reason,
         "last_error": letter.last_error,

@@ -22,7 +22,7 @@ class Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
-    sources: list[str] | None = Field(None, description="Configured source names; any when omitted")
+    sources: list[str] | None = Field(None, description='Configured source names; any when omitted or ["*"]')
     events: list[str] = Field(["*"], min_length=1, description="Canonical event types; wildcards like appointment.*")
     where: dict[str, Scalar | list[Scalar]] = Field(
         default_factory=dict,
@@ -30,6 +30,11 @@ class Route(BaseModel):
     )
     sinks: list[str] = Field(min_length=1)
     locale: str | None = Field(None, description="Language of the messages this route sends (fr, en...)")
+
+    @field_validator("sources")
+    @classmethod
+    def _star_is_any(cls, sources: list[str] | None) -> list[str] | None:
+        return None if sources is not None and "*" in sources else sources
 
     @field_validator("events")
     @classmethod

@@ -199,6 +199,9 @@ async def test_dead_letters_are_listed_replayed_retried_and_discarded(gateway: R
     letters = (await admin(gateway, "GET", "/dead-letters", params={"sink": "crm"})).json()["dead_letters"]
     assert {letter["event_id"] for letter in letters} == set(ids)
     assert letters[0]["reason"] == "permanent error" and "unknown customer" in letters[0]["last_error"]
+    assert {(letter["source"], letter["provider_event_id"], letter["provider_event_type"]) for letter in letters} == {
+        ("moncreneau", f"evt_{n}", "appointment.created") for n in range(3)
+    }
     dry = await admin(gateway, "POST", "/dead-letters/replay", json={"sink": "crm", "dry_run": True})
     assert dry.json() == {"dry_run": True, "matched": 3, "requeued": 0}
     assert (await admin(gateway, "GET", "/dead-letters")).json()["dead_letters"] != []  # a dry run changes nothing

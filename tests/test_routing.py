@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from gateway.config import Config
 from gateway.events import Appointment, AppointmentEvent, Department, Organisation
 from gateway.routing import Route, Router, Target
 
@@ -43,6 +45,14 @@ def test_wildcards_match_event_types() -> None:
 def test_sources_restrict_the_route() -> None:
     assert not route(sources=["yapp"]).matches(event(), {})
     assert route(sources=["yapp", "moncreneau"]).matches(event(), {})
+
+
+def test_a_star_among_the_sources_is_any_source(write_config: Callable[..., Config]) -> None:
+    assert route(sources=["*"]).matches(event(source="anything"), {})
+    config = write_config(
+        "sinks:\n  j: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {sources: ['*'], sinks: [j]}\n"
+    )
+    assert config.settings.routes[0].sources is None
 
 
 def test_field_conditions_compare_yaml_numbers_with_provider_ids() -> None:

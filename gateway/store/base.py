@@ -112,6 +112,7 @@ class DeadLetter:
     source: str
     type: str | None
     provider_event_type: str
+    provider_event_id: str
     attempts: int
     dead_reason: str | None
     last_error: str | None

@@ -50,7 +50,7 @@ class Doorbell:
         path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self.directory.mkdir(exist_ok=True)
+            self.directory.mkdir(exist_ok=True, mode=0o700)
             receiver.bind(str(path))
         except OSError as error:
             receiver.close()

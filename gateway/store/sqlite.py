@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 
 from gateway.exceptions import StorageError
+from gateway.private import private_file
 from gateway.routing import Target
 from gateway.store.base import (
     AttemptRecord,
@@ -268,7 +269,7 @@ class SQLiteStore:
         self._checkpointer = _Checkpointer(self._connect_writer, CHECKPOINT_EVERY, RESTART_PAGES)
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # SQLite gives its -wal and -shm files the database file's permissions
         connection = self._connect_writer(check_same_thread=False)
         try:
             connection.lock_writers()  # processes starting together (serve --processes N) set up a new file in turn
@@ -657,6 +658,7 @@ class _Connection(sqlite3.Connection):
     _busy_timeout = BUSY_TIMEOUT
 
     def open_writer_lock(self, path: Path, busy_timeout: float) -> None:
+        private_file(path)
         self._writer_lock = path.open("ab")
         self._busy_timeout = busy_timeout
 

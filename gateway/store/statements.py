@@ -55,8 +55,8 @@ FROM attempts WHERE delivery_id = ? ORDER BY id
 COUNT_EVENTS = "SELECT count(*) FROM events"
 
 LIST_DEAD_LETTERS = """
-SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, d.attempts, d.dead_reason, d.last_error,
-       d.updated_at, e.received_at
+SELECT d.id, d.event_id, d.sink, e.source, e.type, e.provider_event_type, e.provider_event_id, d.attempts,
+       d.dead_reason, d.last_error, d.updated_at, e.received_at
 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE {where}
 ORDER BY d.updated_at DESC, d.id DESC

@@ -19,9 +19,12 @@ import hmac
 import json
 import logging
 import re
+import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import anyio.to_thread
 import httpx
 from caldav.aio import AsyncDAVClient
 from caldav.lib import error as dav_error
@@ -74,6 +77,8 @@ class CalDAVOptions(SinkOptions):
     feeds: dict[str, str] = Field(
         default_factory=dict, description="Calendar name -> secret token: GET /calendars/<sink>/<token>.ics"
     )
+    feed_past: Duration = Field(30 * 86400.0, ge=0, description="The feed serves appointments started since this")
+    feed_future: Duration = Field(365 * 86400.0, ge=0, description="...and those starting within this")
 
     @field_validator("summary", "description", "location")
     @classmethod
@@ -167,15 +172,15 @@ class CalDAVSink(Sink):
             )
             if calendar is None:
                 return Response("no such calendar feed\n", 404, media_type="text/plain")
-            document = Calendar()
-            document.add("prodid", "-//appointment-gateway//caldav feed//EN")
-            document.add("version", "2.0")
-            document.add("x-wr-calname", calendar)
-            for value in (await state.items("appointment:")).values():
-                remembered = json.loads(value)
-                if remembered["calendar"] == calendar and remembered["vevent"]:
-                    document.add_component(Calendar.from_ical(remembered["vevent"]).walk("VEVENT")[0])
-            return Response(document.to_ical(), media_type="text/calendar; charset=utf-8")
+            remembered = await state.items("appointment:")
+            now = time.time()
+            window = (now - self.options.feed_past, now + self.options.feed_future)
+            document = await anyio.to_thread.run_sync(_feed, calendar, remembered.values(), window)
+            return Response(
+                document,
+                media_type="text/calendar; charset=utf-8",
+                headers={"Cache-Control": "private, no-store"},  # customers' names and phones
+            )
 
         return [Route(f"/calendars/{self.name}/{{token}}.ics", feed, methods=["GET"])]
 
@@ -284,6 +289,23 @@ def resource_name(uid: str) -> str:
     if SAFE_RESOURCE.match(name):
         return f"{name}.ics"
     return f"{hashlib.sha256(uid.encode()).hexdigest()}.ics"
+
+
+def _feed(calendar: str, remembered: Iterable[str], window: tuple[float, float]) -> bytes:
+    """The calendar's appointments starting within `window` as one iCalendar document (built in a thread: 20,000
+    appointments took 12 s on the event loop)."""
+    document = Calendar()
+    document.add("prodid", "-//appointment-gateway//caldav feed//EN")
+    document.add("version", "2.0")
+    document.add("x-wr-calname", calendar)
+    for value in remembered:
+        entry = json.loads(value)
+        starts_at = ((entry["snapshot"].get("appointment") or {}).get("starts_at")) if entry["vevent"] else None
+        if entry["calendar"] != calendar or starts_at is None:
+            continue
+        if window[0] <= datetime.fromisoformat(starts_at).timestamp() <= window[1]:
+            document.add_component(Calendar.from_ical(entry["vevent"]).walk("VEVENT")[0])
+    return bytes(document.to_ical())
 
 
 def _classified(status: int, what: str) -> PermanentDeliveryError | RetryableDeliveryError:

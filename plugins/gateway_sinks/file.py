@@ -43,8 +43,10 @@ class FileSink(Sink):
         return None
 
     def _append(self, line: str) -> None:
-        self.options.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.options.path.open("a", encoding="utf-8") as file:
+        self.options.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # customers' data: a new journal is readable by its owner only
+        descriptor = os.open(self.options.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        with open(descriptor, "a", encoding="utf-8") as file:
             file.write(line)
             if self.options.fsync:
                 file.flush()

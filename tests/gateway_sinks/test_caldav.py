@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +271,12 @@ async def test_the_feed_serves_the_same_events_behind_a_secret_token(
         sinks:
           calendar:
             type: caldav
-            options: {{url: "{home}", create_calendars: true, calendar: feedtest, feeds: {{feedtest: {FEED_TOKEN}}}}}
+            options:
+              url: "{home}"
+              create_calendars: true
+              calendar: feedtest
+              feeds: {{feedtest: {FEED_TOKEN}}}
+              feed_past: 3650d
         routes:
           - events: ["appointment.*"]
             sinks: [calendar]
@@ -284,10 +289,49 @@ async def test_the_feed_serves_the_same_events_behind_a_secret_token(
         feed = await gateway.client.get(f"/calendars/calendar/{FEED_TOKEN}.ics")
         wrong = await gateway.client.get("/calendars/calendar/feed-token-guessed-wrong.ics")
     assert feed.status_code == 200 and feed.headers["content-type"].startswith("text/calendar")
+    assert feed.headers["cache-control"] == "private, no-store"
     (served,) = Calendar.from_ical(feed.text).walk("VEVENT")
     on_server = stored(home, 12345, "feedtest")
     assert served.to_ical() == on_server.to_ical()
     assert wrong.status_code == 404
+
+
+async def test_the_feed_serves_only_appointments_within_its_window(write_config: Callable[[str], Config]) -> None:
+    config = write_config(
+        f"""
+        sinks:
+          calendar:
+            type: caldav
+            options: {{feeds: {{appointments: {FEED_TOKEN}}}, feed_past: 1d, feed_future: 30d}}
+        routes:
+          - events: ["appointment.*"]
+            sinks: [calendar]
+        """
+    )
+    today = datetime.now(UTC)
+    async with running_gateway(config) as gateway:
+        for appointment, starts in (
+            (1, today - timedelta(days=3)),
+            (2, today + timedelta(days=2)),
+            (3, today + timedelta(days=60)),
+        ):
+            event = story(appointment, "created", "2026-01-21T14:30:00Z", starts.strftime("%Y-%m-%dT%H:%M:%S"))
+            await gateway.store.set_state(
+                "calendar",
+                f"appointment:{appointment}",
+                json.dumps(
+                    {
+                        "occurred_at": 0,
+                        "event_id": event.id,
+                        "calendar": "appointments",
+                        "vevent": f"BEGIN:VEVENT\r\nUID:{appointment}\r\nDTSTAMP:20260101T000000Z\r\nEND:VEVENT\r\n",
+                        "snapshot": event.model_dump(mode="json", by_alias=True),
+                    }
+                ),
+                now=0,
+            )
+        feed = await gateway.client.get(f"/calendars/calendar/{FEED_TOKEN}.ics")
+    assert [str(vevent["uid"]) for vevent in Calendar.from_ical(feed.text).walk("VEVENT")] == ["2"]
 
 
 async def test_without_a_server_the_sink_still_feeds(write_config: Callable[[str], Config]) -> None:

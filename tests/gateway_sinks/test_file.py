@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,11 @@ async def test_an_unwritable_path_raises_so_the_core_retries(tmp_path: Path) -> 
     sink = FileSink("journal", FileOptions(path=tmp_path / "blocked" / "out.jsonl"), timeout=1.0)
     with pytest.raises(OSError):
         await sink.deliver(appointment_event(), Delivery(id="d1", sink="journal", attempt=1))
+
+
+async def test_a_new_journal_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "out.jsonl"
+    await FileSink("journal", FileOptions(path=path), timeout=1.0).deliver(
+        appointment_event(), Delivery(id="d1", sink="journal", attempt=1)
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
