@@ -108,23 +108,10 @@ class GatewayApp(Starlette):
             await super().__call__(scope, receive, send)
 
 
-def create_app(
-    config: Config, *, store: Store | None = None, clock: Clock | None = None, run_worker: bool | None = None
-) -> GatewayApp:
-    clock = clock or SystemClock()
-    store = store or store_for(config.settings.storage)
-    metrics = Metrics()
-    worker = build_worker(config, store, clock, metrics)
-    operations = build_operations(config, store, clock, worker)
-    ingest = Ingest(
-        config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
-    )
-    server = config.settings.server
-    guards = {
-        name: Guard(source.options.allow_ips, source.options.rate_limit, server.trusted_proxies, clock)
-        for name, source in config.sources.items()
-    }
-    with_worker = config.settings.worker.enabled if run_worker is None else run_worker
+def probe_routes(
+    config: Config, store: Store, worker: Worker, metrics: Metrics, clock: Clock, *, with_worker: bool
+) -> list[Route]:
+    """/healthz, /readyz and /metrics: served by `serve`, and by `worker --port` for its own probes and scrapes."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -150,6 +137,31 @@ def create_app(
             metrics.storage_up.set(0)
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+
+
+def create_app(
+    config: Config, *, store: Store | None = None, clock: Clock | None = None, run_worker: bool | None = None
+) -> GatewayApp:
+    clock = clock or SystemClock()
+    store = store or store_for(config.settings.storage)
+    metrics = Metrics()
+    worker = build_worker(config, store, clock, metrics)
+    operations = build_operations(config, store, clock, worker)
+    ingest = Ingest(
+        config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
+    )
+    server = config.settings.server
+    guards = {
+        name: Guard(source.options.allow_ips, source.options.rate_limit, server.trusted_proxies, clock)
+        for name, source in config.sources.items()
+    }
+    with_worker = config.settings.worker.enabled if run_worker is None else run_worker
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running(config, store, worker, deliver=with_worker):
@@ -157,9 +169,7 @@ def create_app(
 
     app = GatewayApp(
         routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
+            *probe_routes(config, store, worker, metrics, clock, with_worker=with_worker),
             *(admin_routes(operations, config.settings.admin.token) if config.settings.admin.enabled else []),
             *(route for name, sink in config.sinks.items() for route in sink.routes(StoreState(store, name, clock))),
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import json
@@ -12,18 +13,19 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import uvicorn
+from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from gateway.clock import SystemClock
-from gateway.config import Config, admin_exposure, load_config, secret_values
+from gateway.config import PLACEHOLDER, Config, admin_exposure, load_config, secret_keys, secret_values
 from gateway.events import AppointmentEvent
 from gateway.exceptions import ConfigError, StorageError
 from gateway.http_protocol import GuardedHttpToolsProtocol, Limits, connections_allowed
@@ -93,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(command=_serve)
 
     worker = commands.add_parser("worker", help="deliver stored events, without receiving webhooks")
+    worker.add_argument("--host", default="127.0.0.1", help="interface of --port (default 127.0.0.1)")
+    worker.add_argument("--port", type=int, help="serve /healthz, /readyz and /metrics on this port")
     worker.set_defaults(command=_worker)
 
     migrate = commands.add_parser("migrate", help="bring the database schema to this gateway's version")
@@ -130,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     purge.set_defaults(command=_admin(lambda ops, a: ops.purge(_params(Purge, a))))
 
     check = commands.add_parser("check-config", help="validate the configuration and print what it sets up")
+    check.add_argument("--host", help="check as `serve --host H` would run (the admin API's exposure)")
     check.set_defaults(command=_check_config)
 
     test = commands.add_parser("send-test-event", help="sign a sample event as the provider would and post it")
@@ -212,16 +217,25 @@ def _collect_less() -> None:
 
 
 def _worker(config: Config, args: argparse.Namespace) -> int:
-    from gateway.app import build_worker, running
+    from gateway.app import build_worker, probe_routes, running
+    from gateway.metrics import Metrics
     from gateway.store import store_for
 
     async def work() -> None:
-        store = store_for(config.settings.storage)
-        worker = build_worker(config, store, SystemClock())
+        store, clock, metrics = store_for(config.settings.storage), SystemClock(), Metrics()
+        worker = build_worker(config, store, clock, metrics)
+        probes = None
+        if args.port is not None:
+            app = Starlette(routes=probe_routes(config, store, worker, metrics, clock, with_worker=True))
+            probes = _ProbeServer(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, lifespan="off"))
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with running(config, store, worker):
+            async with running(config, store, worker), anyio.create_task_group() as serving:
+                if probes is not None:
+                    serving.start_soon(probes.serve)
                 async for received in signals:
                     logging.getLogger(__name__).info("%s received: stopping the worker", signal.Signals(received).name)
+                    if probes is not None:
+                        probes.should_exit = True
                     return
 
     _collect_less()
@@ -231,6 +245,14 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
         print(f"storage: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+class _ProbeServer(uvicorn.Server):
+    """uvicorn serving the worker's probes inside its event loop; the worker handles the signals itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _migrate(config: Config, args: argparse.Namespace) -> int:
@@ -302,7 +324,12 @@ def _admin(
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
     settings = config.settings
+    if (exposed := admin_exposure(settings.admin, settings.server, args.host)) is not None:
+        print(f"{config.path}: {exposed}", file=sys.stderr)
+        return CONFIG_ERROR
     print(f"{config.path}: OK")
+    if placeholders := sorted({key for key, value in secret_keys(settings) if PLACEHOLDER.search(value)}):
+        print(f"  warning: placeholder secrets, replace them before going live: {', '.join(placeholders)}")
     for name, source in config.sources.items():
         print(f"  source {name}: {source.type_name} at POST /webhooks/{name} ({len(source.options.secrets)} secret(s))")
     for name, sink in config.sinks.items():

@@ -157,7 +157,10 @@ class Config:
 def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
     """Read, interpolate and validate `path`; raise ConfigError listing every problem found."""
     path = Path(path)
-    raw = _interpolate(_read_yaml(path), path)
+    missing: list[str] = []
+    raw = _interpolate(_read_yaml(path), path, missing)
+    if missing:
+        raise ConfigError("\n".join(missing))
     try:
         settings = GatewayConfig.model_validate(raw)
     except ValidationError as error:
@@ -177,26 +180,34 @@ def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
 SECRET_KEY = re.compile(r"secret|token|password|passwd|api_key|apikey|auth|credential|feeds", re.IGNORECASE)
 
 
-def secret_values(settings: GatewayConfig) -> list[str]:
-    """Every configured value that is a secret (a key naming one, anywhere below; a password in a URL), to be
-    masked wherever it might be printed."""
-    found: list[str] = []
+PLACEHOLDER = re.compile(r"change-?me", re.IGNORECASE)
 
-    def walk(value: Any, secret: bool) -> None:
+
+def secret_keys(settings: GatewayConfig) -> list[tuple[str, str]]:
+    """Every configured secret as (dotted key, value): values under a key naming one, anywhere below, and
+    passwords inside URLs."""
+    found: list[tuple[str, str]] = []
+
+    def walk(value: Any, where: tuple[str | int, ...], secret: bool) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
-                walk(item, secret or bool(SECRET_KEY.search(str(key))))
+                walk(item, (*where, key), secret or bool(SECRET_KEY.search(str(key))))
         elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item, secret)
+            for index, item in enumerate(value):
+                walk(item, (*where, index), secret)
         elif isinstance(value, str):
             if secret:
-                found.append(value)
+                found.append((_dotted(where), value))
             if "://" in value and (password := urlsplit(value).password):
-                found.append(password)
+                found.append((_dotted(where), password))
 
-    walk(settings.model_dump(mode="json"), False)
+    walk(settings.model_dump(mode="json"), (), False)
     return found
+
+
+def secret_values(settings: GatewayConfig) -> list[str]:
+    """Every configured secret, to be masked wherever it might be printed."""
+    return [value for _, value in secret_keys(settings)]
 
 
 def admin_exposure(admin: AdminConfig, server: ServerConfig, host: str | None = None) -> str | None:
@@ -257,12 +268,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _interpolate(node: Any, path: Path, where: tuple[str | int, ...] = ()) -> Any:
-    """Replace `${VAR}` and `${VAR:-default}` in every string value; `$$` writes a literal `$`."""
+def _interpolate(node: Any, path: Path, missing: list[str], where: tuple[str | int, ...] = ()) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string value; `$$` writes a literal `$`. Each unset
+    variable without a default is added to `missing`, so that they are all reported at once."""
     if isinstance(node, dict):
-        return {key: _interpolate(value, path, (*where, key)) for key, value in node.items()}
+        return {key: _interpolate(value, path, missing, (*where, key)) for key, value in node.items()}
     if isinstance(node, list):
-        return [_interpolate(value, path, (*where, index)) for index, value in enumerate(node)]
+        return [_interpolate(value, path, missing, (*where, index)) for index, value in enumerate(node)]
     if not isinstance(node, str):
         return node
 
@@ -273,10 +285,11 @@ def _interpolate(node: Any, path: Path, where: tuple[str | int, ...] = ()) -> An
         value = os.environ.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:
-                raise ConfigError(
+                missing.append(
                     f"{path}: {_dotted(where)}: environment variable {name} is not set; "
                     f"export {name}=... or write ${{{name}:-default}}"
                 )
+                return ""
             return default
         return value
 

@@ -120,6 +120,36 @@ def test_every_secret_of_the_configuration_is_found_to_be_masked(
     }
 
 
+def test_every_missing_variable_is_reported_at_once(
+    write_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CRM_TOKEN", "DB_PASSWORD", "ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    message = problems(
+        write_config,
+        """
+        admin: {token: "${ADMIN_TOKEN}"}
+        sinks:
+          crm: {type: http, options: {url: "http://crm.test", headers: {Authorization: "Bearer ${CRM_TOKEN}"}}}
+        """,
+    )
+    assert "admin.token: environment variable ADMIN_TOKEN is not set" in message
+    assert "sinks.crm.options.headers.Authorization: environment variable CRM_TOKEN is not set" in message
+
+
+def test_check_config_checks_the_host_serve_would_use_and_warns_about_placeholder_secrets(
+    write_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    config = write_config("sinks: {crm: {type: http, options: {url: 'http://x.test', signing_secret: ''}}}\n")
+    assert main(["-c", str(config.path), "check-config", "--host", "0.0.0.0"]) == 2
+    assert "admin.token: the admin API would be reachable on 0.0.0.0 without a token" in capsys.readouterr().err
+    placeholder = write_config("admin: {token: change-me-please-0123}\n")
+    assert main(["-c", str(placeholder.path), "check-config"]) == 0
+    assert "placeholder secrets, replace them before going live: admin.token" in capsys.readouterr().out
+
+
 def test_an_unknown_key_suggests_the_right_one(write_config: Callable[..., Config]) -> None:
     message = problems(
         write_config, "sinks:\n  crm:\n    type: file\n    options: {path: x}\n    retry: {max_attempt: 3}\n"

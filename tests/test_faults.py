@@ -5,6 +5,7 @@ Each test prints the figures it checked. Run alone with `pytest -m fault`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -65,23 +66,31 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
     async with receiver() as crm:
         config = configure(tmp_path, port, crm.url)
         acknowledged: set[str] = set()
+        outstanding = 0
+        at_kill: tuple[int, int] = (0, 0)
         with gateway_process(config, port, tmp_path / "gateway.log") as process:
             async with httpx.AsyncClient(timeout=10) as client:
 
                 async def post(n: int) -> None:
+                    nonlocal outstanding
                     raw, headers = signed(n)
+                    outstanding += 1
                     try:
                         response = await client.post(
                             f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
                         )
                     except httpx.HTTPError:
                         return  # the process died under this request: not acknowledged
+                    finally:
+                        outstanding -= 1
                     if response.status_code == 202:
                         acknowledged.add(f"evt_{n}")
 
                 async def kill_midway() -> None:
+                    nonlocal at_kill
                     await until(lambda: len(acknowledged) >= events // 3, "a third acknowledged", 60)
                     process.send_signal(signal.SIGKILL)
+                    at_kill = (len(acknowledged), outstanding)
 
                 limit = anyio.Semaphore(16)
 
@@ -107,10 +116,11 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
         received = delivered_ids(crm.requests)
     duplicated = more_than_once(received)
     print(
-        f"\nsent {events}, acknowledged {len(acknowledged)} before the kill stopped the load, delivered "
-        f"{len(received)} distinct ({sum(received.values())} requests), duplicated {len(duplicated)}, in flight "
-        f"at the kill {len(in_flight)}"
+        f"\nsent {events}, acknowledged {len(acknowledged)} before the kill stopped the load ({at_kill[0]} when it "
+        f"landed, {at_kill[1]} requests outstanding), delivered {len(received)} distinct "
+        f"({sum(received.values())} requests), duplicated {len(duplicated)}, leased at the kill {len(in_flight)}"
     )
+    assert 0 < at_kill[0] < events and at_kill[1] > 0, "the kill did not land mid-load"
     assert acknowledged <= set(received)
     assert duplicated <= in_flight
 
@@ -125,14 +135,19 @@ async def test_one_of_several_serving_processes_sigkilled_under_load_loses_nothi
         config = configure(tmp_path, port, crm.url)
         acknowledged: set[str] = set()
         failures: Counter[str] = Counter()
+        outstanding = 0
+        at_kill: tuple[int, int] = (0, 0)
+        leased_by_killed: set[str] = set()
         with gateway_process(config, port, tmp_path / "gateway.log", "--processes", "2") as process:
             await until(lambda: len(serving_children(process.pid)) == 2, "two serving processes", 30)
             first = serving_children(process.pid)
             async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=16)) as client:
 
                 async def post(n: int) -> None:
+                    nonlocal outstanding
                     raw, headers = signed(n)
-                    while f"evt_{n}" not in acknowledged:  # as a provider does: again until acknowledged
+                    for _ in range(200):  # as a provider does: again until acknowledged (bounded: a hang fails)
+                        outstanding += 1
                         try:
                             response = await client.post(
                                 f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
@@ -141,32 +156,60 @@ async def test_one_of_several_serving_processes_sigkilled_under_load_loses_nothi
                             failures[type(error).__name__] += 1
                             await anyio.sleep(0.05)
                             continue
+                        finally:
+                            outstanding -= 1
                         assert response.status_code in (200, 202), response.text
                         acknowledged.add(f"evt_{n}")
+                        return
+                    raise AssertionError(f"evt_{n} was never acknowledged in 200 tries")
 
                 async def kill_midway() -> None:
+                    nonlocal at_kill
                     await until(lambda: len(acknowledged) >= events // 3, "a third acknowledged", 60)
-                    os.kill(max(first, key=open_sockets), signal.SIGKILL)  # the one holding our connections
+                    victim = max(first, key=open_sockets)  # the one holding our connections
+                    os.kill(victim, signal.SIGKILL)
+                    at_kill = (len(acknowledged), outstanding)
+                    with sqlite3.connect(tmp_path / "gateway.db") as db:  # before its replacement takes them back
+                        leased_by_killed.update(
+                            row[0]
+                            for row in db.execute(
+                                "SELECT e.provider_event_id FROM deliveries d JOIN events e ON e.id = d.event_id "
+                                "WHERE d.status = 'pending' AND d.lease_owner LIKE ?",
+                                (f"worker:%:{victim}:%",),
+                            )
+                        )
 
                 async with anyio.create_task_group() as load:
                     load.start_soon(kill_midway)
                     for n in range(events):
                         load.start_soon(post, n)
             await until(lambda: acknowledged <= set(delivered_ids(crm.requests)), "every acknowledged event", 60)
+            await until(lambda: len(serving_children(process.pid) - first) == 1, "a replacement process", 30)
             replaced = serving_children(process.pid) - first
         received = delivered_ids(crm.requests)
     duplicated = more_than_once(received)
     print(
         f"\nsent {events}, all acknowledged in the end ({dict(failures)} refused by the killed process and sent"
-        f" again), delivered {len(received)} distinct ({sum(received.values())} requests), duplicated"
-        f" {len(duplicated)}; replacement process: {sorted(replaced)}"
+        f" again; {at_kill[0]} acknowledged and {at_kill[1]} outstanding when the kill landed), delivered"
+        f" {len(received)} distinct ({sum(received.values())} requests), duplicated {len(duplicated)}, leased by"
+        f" the killed process {len(leased_by_killed)}; replacement process: {sorted(replaced)}"
     )
+    assert 0 < at_kill[0] < events and at_kill[1] > 0, "the kill did not land mid-load"
     assert len(acknowledged) == events and acknowledged <= set(received)
+    assert duplicated <= leased_by_killed
     assert len(replaced) == 1
 
 
 def open_sockets(pid: int) -> int:
-    return sum(os.readlink(fd).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+    """Sockets a process holds; 0 once it is gone (its /proc entries vanish while they are read)."""
+    count = 0
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                count += os.readlink(fd).startswith("socket:")
+    except FileNotFoundError:
+        return 0
+    return count
 
 
 async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -177,6 +220,7 @@ async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(
         config = configure(tmp_path, port, crm.url)
         command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
         acknowledged: set[str] = set()
+        delivered_at_kill = 0
         with (
             gateway_process(config, port, tmp_path / "serve.log", "--no-worker"),
             (tmp_path / "worker.log").open("ab") as log,
@@ -195,8 +239,10 @@ async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(
                     acknowledged.add(f"evt_{n}")
 
                 async def kill_midway() -> None:
+                    nonlocal delivered_at_kill
                     await until(lambda: len(crm.requests) >= events // 3, "a third delivered", 60)
                     worker.kill()
+                    delivered_at_kill = len(delivered_ids(crm.requests))
 
                 async with anyio.create_task_group() as load:
                     load.start_soon(kill_midway)
@@ -220,8 +266,9 @@ async def test_a_separate_worker_sigkilled_on_sqlite_loses_nothing_acknowledged(
     print(
         f"\nsent {events}, acknowledged {len(acknowledged)}, delivered {len(received)} distinct "
         f"({sum(received.values())} requests), duplicated {len(duplicated)}, leased by the killed worker "
-        f"{len(in_flight)}"
+        f"{len(in_flight)}, delivered when the kill landed {delivered_at_kill}"
     )
+    assert 0 < delivered_at_kill < events and in_flight, "the kill did not land mid-delivery"
     assert len(acknowledged) == events
     assert acknowledged <= set(received)
     assert duplicated <= in_flight
