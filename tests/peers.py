@@ -1,22 +1,29 @@
-"""Real peers the tests need and this repository does not ship, each skipped with a pointer when absent
-(and failed instead under CI, where .ci/run provides them).
+"""Real peers the tests need and this repository does not ship: started by the suite itself when their programs
+are on the machine, skipped with a pointer when absent (and failed instead under CI, where .ci/run installs them).
 
-PostgreSQL: set GATEWAY_TEST_POSTGRES to a URL of a server where the tests may create and drop databases
-(.ci/run starts a throwaway cluster on a loopback port).
+PostgreSQL: GATEWAY_TEST_POSTGRES, a URL of a server where the tests may create and drop databases; when unset,
+the suite starts a throwaway cluster on a loopback port from the PostgreSQL programs (Debian's `postgresql`
+package: /usr/lib/postgresql/*/bin, or initdb and pg_ctl on PATH) and removes it at the end.
 
 Prism mock servers enforcing the vendors' official OpenAPI specs, for contract tests of the SMS and email sinks:
-the specs are not part of this repository. Set VENDOR_SPECS_DIR to a folder holding twilio_api_v2010.json
+the specs are not part of this repository. VENDOR_SPECS_DIR, a folder holding twilio_api_v2010.json
 (github.com/twilio/twilio-oai, spec/json, commit d50069b) and sendgrid_mail_v3.json (github.com/twilio/sendgrid-oai,
-spec/json/tsg_mail_v3.json, commit dbe0e0d), and PRISM to Prism's executable (`npm install @stoplight/prism-cli`),
-or put `prism` on PATH. Without them the contract tests skip, except under CI, where they fail.
+spec/json/tsg_mail_v3.json, commit dbe0e0d), defaults to ../shared/vendor-specs beside the checkout; PRISM, Prism's
+executable, defaults to the one .ci/run installs (.ci/prism), then `prism` on PATH.
+
+GATEWAY_TEST_PEERS=none starts no peer (their tests skip): a quicker run while working on something else.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import glob
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +35,8 @@ import psycopg
 import pytest
 
 SPECS = {"twilio": "twilio_api_v2010.json", "sendgrid": "sendgrid_mail_v3.json"}
+ROOT = Path(__file__).parent.parent
+STARTS_PEERS = os.environ.get("GATEWAY_TEST_PEERS") != "none"
 
 
 def _missing(what: str) -> None:
@@ -40,11 +49,12 @@ def _missing(what: str) -> None:
 @contextmanager
 def prism(vendor: str) -> Iterator[str]:
     """Serve the vendor's spec with `prism mock` on a free loopback port; yield its base URL."""
-    specs = os.environ.get("VENDOR_SPECS_DIR")
-    if not specs or not (Path(specs) / SPECS[vendor]).is_file():
+    specs = os.environ.get("VENDOR_SPECS_DIR") or str(ROOT.parent / "shared" / "vendor-specs")
+    if not STARTS_PEERS or not (Path(specs) / SPECS[vendor]).is_file():
         _missing(f"VENDOR_SPECS_DIR holding {SPECS[vendor]}")
-    executable = os.environ.get("PRISM") or shutil.which("prism")
-    if not executable:
+    installed = ROOT / ".ci" / "prism" / "node_modules" / ".bin" / "prism"
+    executable = os.environ.get("PRISM") or (str(installed) if installed.exists() else shutil.which("prism"))
+    if not STARTS_PEERS or not executable:
         _missing("Prism (PRISM=/path/to/prism, or prism on PATH)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -70,9 +80,12 @@ def prism(vendor: str) -> Iterator[str]:
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A new, empty database on the test PostgreSQL server for the block; yield its URL."""
-    admin = os.environ.get("GATEWAY_TEST_POSTGRES")
+    admin = os.environ.get("GATEWAY_TEST_POSTGRES") or (_throwaway_postgres() if STARTS_PEERS else None)
     if not admin:
-        _missing("a PostgreSQL server: GATEWAY_TEST_POSTGRES=postgresql://user@host:port/postgres")
+        _missing(
+            "a PostgreSQL server: GATEWAY_TEST_POSTGRES=postgresql://user@host:port/postgres, or PostgreSQL's "
+            "programs to start one (apt-get install postgresql)"
+        )
     name = f"gateway_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(str(admin), autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"'.encode())
@@ -81,3 +94,40 @@ def postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(str(admin), autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@functools.cache
+def _throwaway_postgres() -> str | None:
+    """A PostgreSQL cluster in a temporary folder on a free loopback port, for this test run (stopped and removed at
+    exit), when PostgreSQL's programs are installed; None otherwise. initdb refuses to run as root: then the
+    cluster belongs to the `postgres` user."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda path: [int(p) for p in Path(path).parent.name.split(".") if p.isdigit()],
+    )
+    programs = Path(found[-1]) if found else None
+    if programs is None and (initdb := shutil.which("initdb")):
+        programs = Path(initdb).parent
+    if programs is None or not (programs / "pg_ctl").exists():
+        return None
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="gateway-test-pg-"))
+    if as_user:
+        shutil.chown(folder, "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+    subprocess.run(
+        [*as_user, str(programs / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"], **quiet
+    )  # type: ignore[call-overload]
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    pg_ctl = [*as_user, str(programs / "pg_ctl"), "-D", str(folder / "data"), "-w"]
+    subprocess.run([*pg_ctl, "-l", str(folder / "server.log"), "-o", options, "start"], **quiet)  # type: ignore[call-overload]
+
+    def stop() -> None:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(stop)
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"

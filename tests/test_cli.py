@@ -299,28 +299,6 @@ def test_migrate_reports_an_unreachable_database(tmp_path: Path, capsys: pytest.
     assert "cannot connect" in capsys.readouterr().err
 
 
-def test_the_compose_example_runs_commands_the_gateway_accepts_on_a_valid_configuration(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import yaml
-
-    from gateway.cli import _parser
-    from gateway.config import load_config
-    from gateway.plugins import plugin_manager
-
-    root = Path(__file__).resolve().parent.parent
-    compose = yaml.safe_load((root / "compose.yaml").read_text())
-    commands = {name: service["command"] for name, service in compose["services"].items() if "command" in service}
-    assert set(commands) == {"migrate", "ingest-1", "ingest-2", "worker"}
-    for command in commands.values():
-        assert command[0] == "appointment-gateway"
-        _parser().parse_args(command[1:])  # exits on an unknown command or flag
-    for variable in ("DB_PASSWORD", "MONCRENEAU_WEBHOOK_SECRET", "YAPP_WEBHOOK_SECRET"):
-        monkeypatch.setenv(variable, "x")
-    config = load_config(root / "deploy" / "config.yaml", plugin_manager())
-    assert config.settings.storage.url == "postgresql://gateway:x@db:5432/gateway"
-
-
 @pytest.mark.anyio
 async def test_the_admin_commands_work_on_the_configured_store(
     write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]

@@ -21,6 +21,9 @@ import httpx
 import pytest
 import yaml
 
+from gateway.cli import _parser
+from gateway.config import admin_exposure, load_config
+from gateway.plugins import plugin_manager
 from tests.helpers import free_port, signed
 from tests.peers import postgres_database
 
@@ -36,6 +39,19 @@ def test_compose_runs_each_gateway_service_of_the_image_with_a_named_data_volume
         assert spec["command"][0] == "appointment-gateway"
         assert "gateway-data:/data" in spec["volumes"] and "gateway-data" in COMPOSE["volumes"]
     assert "GATEWAY_CONFIG=/config/config.yaml" in DOCKERFILE and "./deploy:/config:ro" in SERVICES["worker"]["volumes"]
+
+
+def test_each_service_command_is_accepted_and_its_configuration_valid_without_a_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DB_PASSWORD", "MONCRENEAU_WEBHOOK_SECRET", "YAPP_WEBHOOK_SECRET"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "admin-token-0123456789abcdef")
+    config = load_config(ROOT / "deploy" / "config.yaml", plugin_manager())
+    assert config.settings.storage.url == "postgresql://gateway:x@db:5432/gateway"
+    for spec in SERVICES.values():
+        args = _parser().parse_args(spec["command"][1:])  # exits on an unknown command or flag
+        assert admin_exposure(config.settings.admin, config.settings.server, getattr(args, "host", None)) is None
 
 
 def environment(spec: dict[str, Any], database: str, data: Path, port: int) -> dict[str, str]:
