@@ -28,10 +28,12 @@ def test_default_templates_render_every_sample_as_reviewed(provider: str, event_
     rendered = f"SMS ({sms_segments(sms.body).count} segment(s), {sms_segments(sms.body).encoding}):\n{sms.body}\n\n"
     rendered += f"Subject: {mail.subject}\n\n{mail.body}\n"
     path = GOLDEN / locale / f"{provider}.{event_type}.txt"
-    if os.environ.get("UPDATE_GOLDEN"):
+    reviewed = path.read_text(encoding="utf-8") if path.exists() else None
+    if os.environ.get("UPDATE_GOLDEN") and rendered != reviewed:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered, encoding="utf-8")
-    assert rendered == path.read_text(encoding="utf-8")
+        pytest.fail(f"{path} rewritten: review the difference (git diff), then run the tests again without it")
+    assert rendered == reviewed
 
 
 def test_dates_are_said_in_the_appointments_own_zone_and_language() -> None:

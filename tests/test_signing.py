@@ -34,3 +34,12 @@ def test_arbitrary_signature_text_never_raises(body: bytes, secret: str, signatu
 
 def test_no_secret_accepts_nothing() -> None:
     assert not matches_any(hmac_sha256_hex("s", b"x"), b"x", [])
+
+
+def test_the_published_hmac_sha256_vectors() -> None:
+    """RFC 4231, test cases 1 and 2: the primitive both providers' signatures are made of."""
+    key = bytes([0x0B] * 20).decode("latin-1")
+    assert hmac_sha256_hex("Jefe", b"what do ya want for nothing?") == (
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    )
+    assert hmac_sha256_hex(key, b"Hi There") == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from gateway_sinks.http import HttpOptions, HttpSink
+from gateway_sinks.http import HttpOptions, HttpSink, sign
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
@@ -100,6 +100,13 @@ async def test_requests_can_be_signed_the_standard_webhooks_way(crm: Receiver) -
     expected = base64.b64encode(hmac.new(b"a very secret key", signed, hashlib.sha256).digest()).decode()
     assert request.headers["webhook-id"] == "dlv-42"
     assert request.headers["webhook-signature"] == f"v1,{expected}"
+
+
+def test_signatures_match_the_standard_webhooks_published_test_vector() -> None:
+    headers = sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+    )
+    assert headers["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
 async def test_a_template_shapes_the_body(crm: Receiver) -> None:
