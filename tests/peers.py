@@ -27,7 +27,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -96,20 +97,42 @@ def postgres_database() -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
-@functools.cache
-def _throwaway_postgres() -> str | None:
-    """A PostgreSQL cluster in a temporary folder on a free loopback port, for this test run (stopped and removed at
-    exit), when PostgreSQL's programs are installed; None otherwise. initdb refuses to run as root: then the
-    cluster belongs to the `postgres` user."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"),
-        key=lambda path: [int(p) for p in Path(path).parent.name.split(".") if p.isdigit()],
-    )
-    programs = Path(found[-1]) if found else None
+@dataclass(frozen=True)
+class Cluster:
+    """A PostgreSQL cluster of the test run's own, which a test may stop and start again."""
+
+    url: str
+    pg_ctl: list[str]
+    options: str
+    log: Path
+
+    def stop(self) -> None:
+        subprocess.run([*self.pg_ctl, "-m", "immediate", "stop"], **QUIET)  # type: ignore[call-overload]
+
+    def start(self) -> None:
+        subprocess.run([*self.pg_ctl, "-l", str(self.log), "-o", self.options, "start"], **QUIET)  # type: ignore[call-overload]
+
+
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+
+
+def _postgres_programs() -> Path | None:
+    """The folder of PostgreSQL's server programs (the newest Debian installs, else initdb's on PATH), or None."""
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda path: int(Path(path).parent.name))
+    programs = Path(versions[-1]) if versions else None
     if programs is None and (initdb := shutil.which("initdb")):
         programs = Path(initdb).parent
-    if programs is None or not (programs / "pg_ctl").exists():
-        return None
+    return programs if programs is not None and (programs / "pg_ctl").exists() else None
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Cluster]:
+    """A new PostgreSQL cluster in a temporary folder on a free loopback port, removed after the block. initdb
+    refuses to run as root: then the cluster belongs to the `postgres` user."""
+    programs = _postgres_programs() if STARTS_PEERS else None
+    if programs is None:
+        _missing("PostgreSQL's programs to start a cluster (apt-get install postgresql)")
+    assert programs is not None
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="gateway-test-pg-"))
     if as_user:
@@ -117,17 +140,31 @@ def _throwaway_postgres() -> str | None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
     subprocess.run(
-        [*as_user, str(programs / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"], **quiet
+        [*as_user, str(programs / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"], **QUIET
     )  # type: ignore[call-overload]
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    pg_ctl = [*as_user, str(programs / "pg_ctl"), "-D", str(folder / "data"), "-w"]
-    subprocess.run([*pg_ctl, "-l", str(folder / "server.log"), "-o", options, "start"], **quiet)  # type: ignore[call-overload]
-
-    def stop() -> None:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster = Cluster(
+        url=f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        pg_ctl=[*as_user, str(programs / "pg_ctl"), "-D", str(folder / "data"), "-w"],
+        options=f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+        log=folder / "server.log",
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        subprocess.run(
+            [*cluster.pg_ctl, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
-    atexit.register(stop)
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+@functools.cache
+def _throwaway_postgres() -> str | None:
+    """A cluster for this whole test run, stopped and removed at exit, when PostgreSQL's programs are installed."""
+    if _postgres_programs() is None:
+        return None
+    stack = ExitStack()
+    cluster = stack.enter_context(postgres_cluster())
+    atexit.register(stack.close)
+    return cluster.url

@@ -233,6 +233,23 @@ async def test_purge_deletes_only_what_is_older_than_asked(gateway: Running) -> 
     assert bad.status_code == 400 and "older_than: Value error, 'soon' is not a duration" in bad.json()["detail"]
 
 
+async def test_purging_takes_dead_letters_older_than_the_retention_and_keeps_pending_deliveries(
+    gateway: Running, crm: Receiver
+) -> None:
+    crm.default = Answer(400, body=b"refused")
+    dead = await accepted(gateway, event("appointment.created", "evt_dead", appointment=1))
+    await gateway.worker.run_due()
+    crm.default = Answer(503)
+    pending = await accepted(gateway, event("appointment.created", "evt_pending", appointment=2))
+    await gateway.worker.run_due()
+    assert len((await admin(gateway, "GET", "/dead-letters")).json()["dead_letters"]) == 1
+    gateway.clock.advance(31 * 86400)
+    assert (await admin(gateway, "POST", "/purge")).json()["deleted"] == 1
+    assert (await admin(gateway, "GET", "/dead-letters")).json()["dead_letters"] == []
+    assert (await admin(gateway, "GET", f"/events/{dead}")).status_code == 404
+    assert (await admin(gateway, "GET", f"/events/{pending}")).status_code == 200
+
+
 async def test_storage_trouble_is_a_503_not_a_crash(gateway: Running) -> None:
     await gateway.store.close()
     response = await admin(gateway, "GET", "/events")

@@ -480,3 +480,46 @@ def _journal(tmp_path: Path) -> set[str]:
     if not path.exists():
         return set()
     return {json.loads(line)["event"]["provider_event_id"] for line in path.read_text().splitlines()}
+
+
+@pytest.mark.parametrize("stopped", ["serve", "worker"])
+async def test_sigterm_with_an_attempt_in_flight_lets_it_finish_and_records_it(tmp_path: Path, stopped: str) -> None:
+    """SIGTERM to `serve` (with its worker) or to a separate `worker` while the sink is answering: the attempt
+    completes within worker.shutdown_grace, is recorded, and the process exits (the worker with 0; uvicorn ends
+    `serve` by raising the signal again once it has shut down, as supervisors expect); nothing is sent twice."""
+    port = free_port()
+    async with receiver() as crm:
+        release = anyio.Event()
+        crm.script(Answer(hold=release))
+        config = configure(tmp_path, port, crm.url)
+        options = ("--no-worker",) if stopped == "worker" else ()
+        with (
+            gateway_process(config, port, tmp_path / "serve.log", *options) as serve,
+            (tmp_path / "worker.log").open("ab") as log,
+        ):
+            worker = None
+            if stopped == "worker":
+                command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
+                worker = await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT)
+            raw, headers = signed(1)
+            async with httpx.AsyncClient(timeout=10) as client:
+                posted = await client.post(f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers)
+            assert posted.status_code == 202
+            with anyio.fail_after(20):
+                await crm.wait_for(1)
+            if worker is not None:
+                worker.send_signal(signal.SIGTERM)
+            else:
+                serve.send_signal(signal.SIGTERM)
+            await anyio.sleep(0.3)  # the process is stopping, the attempt still in flight
+            release.set()
+            with anyio.fail_after(20):
+                if worker is not None:
+                    exit_code = await worker.wait()
+                else:
+                    exit_code = await anyio.to_thread.run_sync(serve.wait)
+        with sqlite3.connect(tmp_path / "gateway.db") as db:
+            rows = db.execute("SELECT status, attempts, lease_owner FROM deliveries").fetchall()
+    assert exit_code == (0 if stopped == "worker" else -signal.SIGTERM)
+    assert rows == [("succeeded", 1, None)]
+    assert len(crm.requests) == 1

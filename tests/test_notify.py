@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from gateway.config import Config
+from gateway.operations import Replay
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
 from tests.receiver import Answer, Receiver, receiver
@@ -65,6 +66,45 @@ async def test_a_retry_after_a_partial_failure_only_sends_what_was_not_sent(
         ("retryable", "Twilio error: HTTP 503, code 20500: Unable to create record: busy"),
         ("succeeded", "sent SM2; 1 already sent"),
     ]
+
+
+def recipients(twilio: Receiver) -> list[str]:
+    return [parse_qs(r.body.decode())["To"][0] for r in twilio.requests]
+
+
+async def test_a_replay_of_a_sent_sms_delivery_sends_nothing_again(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        body = load_samples("moncreneau.json")["appointment.created"]
+        event_id = (await gateway.post_moncreneau(body)).json()["event_id"]
+        assert await gateway.worker.run_due() == 1
+        assert (await gateway.app.state.operations.replay(event_id, Replay()))["requeued"]
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(event_id)
+        last = (await gateway.store.attempts(delivery.id))[-1]
+    assert recipients(twilio) == ["+33612345678", "+224622000000"]
+    assert (delivery.status, last.detail) == ("succeeded", "sent nothing; 2 already sent")
+
+
+async def test_a_dead_letter_retried_sends_only_to_the_recipients_not_yet_served(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    refused = json.dumps({"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400}).encode()
+    twilio.script(
+        Answer(201, {"Content-Type": "application/json"}, b'{"sid": "SM1"}'),
+        Answer(400, {"Content-Type": "application/json"}, refused),
+    )
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        body = load_samples("moncreneau.json")["appointment.created"]
+        event_id = (await gateway.post_moncreneau(body)).json()["event_id"]
+        assert await gateway.worker.run_due() == 1
+        (dead,) = await gateway.store.deliveries(event_id)
+        await gateway.app.state.operations.retry_dead_letter(dead.id)
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(event_id)
+    assert dead.status == "dead" and delivery.status == "succeeded"
+    assert recipients(twilio) == ["+33612345678", "+224622000000", "+224622000000"]
 
 
 async def test_a_message_that_would_arrive_too_late_is_dead_lettered_as_expired(

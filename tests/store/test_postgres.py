@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import anyio
+import httpx
 import pytest
 
+from gateway.app import create_app
+from gateway.clock import ManualClock
+from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.routing import Target
+from gateway.sources.base import load_samples
 from gateway.store.postgres import SCHEMA_VERSION, PostgresStore
+from tests.conftest import moncreneau_request
 from tests.helpers import record
+from tests.peers import postgres_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -118,3 +126,43 @@ async def test_an_unreachable_server_is_a_storage_error_without_the_password() -
     with pytest.raises(StorageError, match="cannot connect") as error:
         await store.open()
     assert "s3cret" not in str(error.value) and "gateway:***@127.0.0.1:9" in str(error.value)
+
+
+@pytest.mark.fault
+async def test_postgresql_stopped_mid_run_is_answered_503_and_the_gateway_recovers_when_it_returns(
+    write_config: Callable[[str], Config],
+) -> None:
+    with postgres_cluster() as cluster:
+        migrator = PostgresStore(cluster.url)
+        await migrator.migrate()
+        await migrator.close()
+        config = write_config("storage: {busy_timeout: 1s}\n")
+        app = create_app(config, store=PostgresStore(cluster.url, busy_timeout=1.0), clock=ManualClock())
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client,
+        ):
+
+            async def post(n: int) -> httpx.Response:
+                raw, headers = moncreneau_request(
+                    {**load_samples("moncreneau.json")["appointment.created"], "id": f"e{n}"}
+                )
+                return await client.post("/webhooks/moncreneau", content=raw, headers=headers)
+
+            assert (await post(1)).status_code == 202
+            cluster.stop()
+            began = time.monotonic()
+            down = await post(2)
+            answered_in = time.monotonic() - began
+            assert (await client.get("/readyz")).status_code == 503
+            cluster.start()
+            answers = []
+            for _ in range(50):  # as a provider retries, bounded
+                answers.append((await post(2)).status_code)
+                if answers[-1] == 202:
+                    break
+                await anyio.sleep(0.2)
+            ready = (await client.get("/readyz")).status_code
+    print(f"\nwhile down: {down.status_code} in {answered_in:.2f}s; after the restart: {answers}")
+    assert down.status_code == 503 and down.json()["error"] == "storage_unavailable" and answered_in < 3
+    assert answers[-1] == 202 and ready == 200
