@@ -92,6 +92,29 @@ class Running:
         return await self.client.post("/webhooks/yapp", content=raw, headers=headers)
 
 
+ROUTED = """
+server: {max_body_bytes: 4096}
+sinks:
+  journal: {type: file, options: {path: journal.jsonl}}
+  crm: {type: http, options: {url: "http://127.0.0.1:9/crm"}}
+routes:
+  - events: ["appointment.*"]
+    sinks: [journal]
+  - sources: [moncreneau]
+    events: [appointment.cancelled]
+    sinks: [crm]
+"""
+"""Sinks and routes for webhook-path tests: a journal for every appointment event, a CRM for moncreneau's
+cancellations (at a closed port: deliveries stay pending)."""
+
+
+@pytest.fixture
+async def gateway(write_config: Callable[[str], Config]) -> AsyncIterator[Running]:
+    """A gateway with the ROUTED sinks, its worker driven by the test."""
+    async with running_gateway(write_config(ROUTED)) as running:
+        yield running
+
+
 @pytest.fixture(autouse=True)
 def restored_logging() -> Iterator[None]:
     """`main()` sets up logging for a process (root handlers, levels); a test that calls it gets the test run's

@@ -55,6 +55,15 @@ def signed(n: int) -> tuple[bytes, dict[str, str]]:
     return raw, {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
 
 
+def sample(name: str, event_type: str) -> dict[str, Any]:
+    """A fresh copy of a shipped provider sample."""
+    return load_samples(name)[event_type]
+
+
+async def stored(gateway: Running) -> int:
+    return await gateway.store.count_events()
+
+
 def metric(gateway: Running, name: str, **labels: str) -> float:
     """A metric's value; a series that does not exist fails the test instead of reading as 0."""
     value = gateway.app.state.metrics.registry.get_sample_value(name, labels)
