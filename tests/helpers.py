@@ -103,14 +103,18 @@ def gateway_process(
         if open_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
+    command = [sys.executable, "-m", "gateway", "-c", str(config), "serve", *options]
+    with healthy_process(command, port, log, {**os.environ, "PYTHONUNBUFFERED": "1"}, limit_files) as process:
+        yield process
+
+
+@contextmanager
+def healthy_process(
+    command: list[str], port: int, log: Path, env: dict[str, str], preexec: Callable[[], None] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A gateway command running, once it answers /healthz on `port`; stopped with SIGTERM after the block."""
     with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "-c", str(config), "serve", *options],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=limit_files,
-        )
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -120,7 +124,7 @@ def gateway_process(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the gateway did not start; see {log}")
+                raise RuntimeError(f"{' '.join(command[2:])} did not start: {log.read_text()[-2000:]}")
             time.sleep(0.05)
         yield process
     finally:
@@ -131,6 +135,17 @@ def gateway_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def dead_owner() -> str:
+    """The lease owner id a worker had in a process that has exited since."""
+    finished = subprocess.run(
+        [sys.executable, "-c", "from gateway.leases import owner_id; print(owner_id())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return finished.stdout.strip()
 
 
 def record(

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
@@ -20,7 +18,7 @@ from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Running, moncreneau_request, running_gateway
-from tests.helpers import until
+from tests.helpers import dead_owner, until
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
@@ -231,17 +229,6 @@ async def test_a_crashed_workers_leases_come_back(write_config: Callable[[str], 
         delivery = await only_delivery(gateway, event_id)
     assert claimed.id == delivery.id and delivery.status == "succeeded"
     assert len(crm.requests) == 1
-
-
-def dead_owner() -> str:
-    """The owner id a worker in a process that has exited had."""
-    finished = subprocess.run(
-        [sys.executable, "-c", "from gateway.leases import owner_id; print(owner_id())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return finished.stdout.strip()
 
 
 async def test_a_restarted_worker_takes_back_at_once_what_its_crashed_predecessor_held(

@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +21,7 @@ import yaml
 from gateway.cli import _parser
 from gateway.config import admin_exposure, load_config
 from gateway.plugins import plugin_manager
-from tests.helpers import free_port, signed
+from tests.helpers import free_port, healthy_process, signed
 from tests.peers import postgres_database
 
 ROOT = Path(__file__).parent.parent
@@ -80,30 +77,6 @@ def command(spec: dict[str, Any], port: int) -> list[str]:
     return [str(port) if part == "8080" else part for part in argv]  # the worker's probe port, as published
 
 
-@contextmanager
-def started(name: str, env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as output:
-        process = subprocess.Popen(command(SERVICES[name], port), env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, f"{name} did not start: {log.read_text()}"
-            time.sleep(0.1)
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.mark.fault
 def test_each_compose_service_starts_with_its_own_command_and_they_deliver_together(tmp_path: Path) -> None:
     with postgres_database() as database:
@@ -115,8 +88,10 @@ def test_each_compose_service_starts_with_its_own_command_and_they_deliver_toget
         assert migrated.returncode == 0, migrated.stderr
         worker_env = environment(SERVICES["worker"], database, tmp_path, worker_port)
         with (
-            started("ingest-1", ingest_env, ingest_port, tmp_path / "ingest.log"),
-            started("worker", worker_env, worker_port, tmp_path / "worker.log"),
+            healthy_process(
+                command(SERVICES["ingest-1"], ingest_port), ingest_port, tmp_path / "ingest.log", ingest_env
+            ),
+            healthy_process(command(SERVICES["worker"], worker_port), worker_port, tmp_path / "worker.log", worker_env),
         ):
             raw, headers = signed(1)
             posted = httpx.post(f"http://127.0.0.1:{ingest_port}/webhooks/moncreneau", content=raw, headers=headers)

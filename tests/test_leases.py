@@ -3,10 +3,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from gateway.leases import is_gone, owner_id
+from tests.helpers import dead_owner
 
 
 def test_this_processes_owner_is_not_gone_and_owners_are_unique() -> None:
@@ -16,13 +16,7 @@ def test_this_processes_owner_is_not_gone_and_owners_are_unique() -> None:
 
 
 def test_an_exited_process_is_gone_and_a_reused_pid_is_told_apart_by_its_start_time() -> None:
-    exited = subprocess.run(
-        [sys.executable, "-c", "from gateway.leases import owner_id; print(owner_id())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert is_gone(exited)
+    assert is_gone(dead_owner())
     with subprocess.Popen(["sleep", "5"]) as running:
         alive = f"worker:{socket.gethostname()}:{running.pid}:"
         real_start = Path(f"/proc/{running.pid}/stat").read_text().rpartition(")")[2].split()[19]
