@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from pydantic import ValidationError
 
 from gateway.clock import Clock, SystemClock
-from gateway.events import AppointmentEvent
+from gateway.events import STORED, AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
 from gateway.leases import is_gone, owner_id
 from gateway.logs import redact
@@ -272,7 +272,7 @@ class Worker:
 
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
         try:
-            event = AppointmentEvent.model_validate_json(claimed.canonical)
+            event = AppointmentEvent.model_validate_json(claimed.canonical, context=STORED)
         except ValidationError as error:  # stored by another version, or damaged: trying again cannot help
             detail = _excerpt(error, "the stored event cannot be read: ")
             return _Result("permanent", detail=detail, dead_reason="unreadable event")
