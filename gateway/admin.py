@@ -24,6 +24,7 @@ from gateway.operations import (
     OperationError,
     Operations,
     Params,
+    Pause,
     Purge,
     Replay,
     parse,
@@ -101,6 +102,25 @@ ENDPOINTS = (
         lambda r, ops: ops.discard_dead_letter(r.path_params["delivery_id"]),
     ),
     Endpoint(
+        "GET",
+        "/sinks",
+        "Every sink: running or paused (and why), queue depth, due, oldest due, dead letters",
+        lambda r, ops: ops.list_sinks(),
+    ),
+    Endpoint(
+        "POST",
+        "/sinks/{sink}/pause",
+        "Pause a sink: no process attempts its deliveries (within a second); they wait, spending no attempt",
+        lambda r, ops: _pause(r, ops),
+        body=Pause,
+    ),
+    Endpoint(
+        "POST",
+        "/sinks/{sink}/resume",
+        "Resume a sink: its deliveries are attempted again, in order",
+        lambda r, ops: ops.resume_sink(r.path_params["sink"]),
+    ),
+    Endpoint(
         "POST",
         "/purge",
         "Delete events older than the retention (or older_than) whose deliveries are finished",
@@ -116,6 +136,10 @@ async def _replay(request: Request, operations: Operations) -> dict[str, Any]:
 
 async def _replay_dead_letters(request: Request, operations: Operations) -> dict[str, Any]:
     return await operations.replay_dead_letters(parse(DeadLetterReplay, await _body(request)))
+
+
+async def _pause(request: Request, operations: Operations) -> dict[str, Any]:
+    return await operations.pause_sink(request.path_params["sink"], parse(Pause, await _body(request)))
 
 
 async def _purge(request: Request, operations: Operations) -> dict[str, Any]:

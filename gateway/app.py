@@ -54,7 +54,14 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
 
 def build_operations(config: Config, store: Store, clock: Clock, worker: Worker) -> Operations:
     retention = config.settings.retention
-    return Operations(store, clock, retention=retention.max_age, tombstones=retention.tombstones, wake=worker.wake)
+    return Operations(
+        store,
+        clock,
+        retention=retention.max_age,
+        tombstones=retention.tombstones,
+        wake=worker.wake,
+        sinks=list(config.sinks),
+    )
 
 
 @asynccontextmanager
@@ -130,7 +137,8 @@ def probe_routes(
 
     async def prometheus(request: Request) -> Response:
         try:
-            metrics.observe_queues(config.sinks, await store.sink_stats(now=clock.now()))
+            stats, paused = await store.sink_stats(now=clock.now()), await store.paused_sinks()
+            metrics.observe_queues(config.sinks, stats, paused)
             metrics.storage_up.set(1)
         except StorageError as error:
             logger.warning("metrics: cannot read the queues: %s", error)
@@ -178,6 +186,7 @@ def create_app(
     app.webhooks = Webhooks(
         ingest, guards, metrics, max_body_bytes=server.max_body_bytes, read_timeout=server.read_timeout
     )
+    app.state.config = config
     app.state.store = store
     app.state.worker = worker
     app.state.metrics = metrics

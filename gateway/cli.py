@@ -39,6 +39,7 @@ from gateway.operations import (
     Operations,
     P,
     Params,
+    Pause,
     Purge,
     Replay,
     parse,
@@ -128,6 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     discard = dead.add_parser("discard", help="discard one dead letter")
     discard.add_argument("delivery_id")
     discard.set_defaults(command=_admin(lambda ops, a: ops.discard_dead_letter(a.delivery_id)))
+
+    sinks = commands.add_parser("sinks", help="sinks: state and queues; pause, resume")
+    sink_actions = sinks.add_subparsers(required=True, metavar="ACTION")
+    listed = sink_actions.add_parser("list", help="every sink: running or paused, queue depth, due, dead letters")
+    listed.set_defaults(command=_admin(lambda ops, a: ops.list_sinks()))
+    pause = sink_actions.add_parser("pause", help="stop attempting a sink's deliveries (every process, within 1 s)")
+    pause.add_argument("sink")
+    pause.add_argument("--reason", help="why, for the other operators")
+    pause.set_defaults(command=_admin(lambda ops, a: ops.pause_sink(a.sink, _params(Pause, a))))
+    resume = sink_actions.add_parser("resume", help="attempt a paused sink's deliveries again, in order")
+    resume.add_argument("sink")
+    resume.set_defaults(command=_admin(lambda ops, a: ops.resume_sink(a.sink)))
 
     purge = commands.add_parser("purge", help="delete events older than the retention whose deliveries are done")
     purge.add_argument("--older-than", help="a duration such as 30d (default: retention.max_age)")

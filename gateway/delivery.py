@@ -31,6 +31,10 @@ from gateway.store.base import AttemptRecord, ClaimedDelivery, Outcome, Store, T
 
 logger = logging.getLogger(__name__)
 ERROR_EXCERPT = 500
+PAUSES_READ_EVERY = 1.0
+"""Seconds a worker trusts what it last read of the paused sinks: every process obeys a pause within this."""
+AUTHENTICATION_FAILED = "authentication failed"
+"""A sink's refused credentials: the sink is paused until an operator resumes it, not every message dead-lettered."""
 
 
 @dataclass(frozen=True)
@@ -120,13 +124,18 @@ class Worker:
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._retries: dict[str, list[float]] = {name: [] for name in self.lanes}
         """Per sink, when the retries this worker scheduled fall due (a heap): it wakes for them, not at a poll."""
+        self._paused: dict[str, str | None] = {}
+        self._paused_read_at = -PAUSES_READ_EVERY
         self._stop = anyio.Event()
         self.running = False
         """True while `run` is delivering (readiness)."""
         self.finished = anyio.Event()
 
     def wake(self, sinks: Iterable[str] | None = None) -> None:
-        """New deliveries are due for these sinks (all when None): look now rather than at the next poll."""
+        """New deliveries are due for these sinks (all when None, which also reads the paused sinks again): look
+        now rather than at the next poll."""
+        if sinks is None:
+            self._paused_read_at = -PAUSES_READ_EVERY
         for name in self.lanes if sinks is None else sinks:
             if name in self._wakeups:
                 self._wakeups[name].set()
@@ -201,16 +210,28 @@ class Worker:
             attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
 
     def _until_next_look(self, sink: str) -> float:
-        """Seconds until the earliest retry this worker scheduled for the sink falls due, at most a poll."""
+        """Seconds until the earliest retry this worker scheduled for the sink falls due, at most a poll (and, for
+        a paused sink, at most until the pauses are read again)."""
         retries, now = self._retries[sink], self.clock.now()
         while retries and retries[0] <= now:
             heapq.heappop(retries)  # due by now: the claim just made took it, or an earlier one still holds it back
-        return min(self.poll_interval, retries[0] - now) if retries else self.poll_interval
+        limit = min(self.poll_interval, PAUSES_READ_EVERY) if sink in self._paused else self.poll_interval
+        return min(limit, retries[0] - now) if retries else limit
+
+    async def _is_paused(self, sink: str) -> bool:
+        """Whether the sink is paused, as read from the store at most PAUSES_READ_EVERY seconds ago."""
+        if time.monotonic() - self._paused_read_at >= PAUSES_READ_EVERY:
+            try:
+                self._paused = await self.store.paused_sinks()
+                self._paused_read_at = time.monotonic()
+            except StorageError as error:
+                logger.error("cannot read which sinks are paused (keeping what was read before): %s", error)
+        return sink in self._paused
 
     async def _claim(self, lane: Lane, attempts: TaskGroup, *, ahead: bool = True) -> int:
         """Claim what is due, up to the sink's free slots plus (when `ahead`) as many again to wait for them."""
         free = (2 if ahead else 1) * lane.concurrency - len(self._claimed[lane.name])
-        if free <= 0:
+        if free <= 0 or await self._is_paused(lane.name):
             return 0
         now = self.clock.now()
         lease_until = now + self.lease  # renewed while held (_renew_leases)
@@ -238,6 +259,8 @@ class Worker:
                 result = await self._deliver(lane, claimed, number)
                 duration_ms = (time.perf_counter() - began) * 1000
             self._answered(lane, claimed.id)
+            if result.dead_reason == AUTHENTICATION_FAILED and result.outcome == "permanent":
+                await self._pause_refused(lane, result)
             transition = self._transition(lane, claimed, number, result)
             attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.detail)
             self._log(lane, claimed, attempt, transition)
@@ -308,6 +331,8 @@ class Worker:
     def _transition(self, lane: Lane, claimed: ClaimedDelivery, number: int, result: _Result) -> Transition:
         if result.outcome == "succeeded":
             return Transition("succeeded")
+        if result.outcome == "permanent" and result.dead_reason == AUTHENTICATION_FAILED:
+            return Transition("pending", next_attempt_at=self.clock.now())  # waits for the sink to be resumed
         if result.outcome == "permanent":
             return Transition("dead", dead_reason=result.dead_reason)
         decision = after_failure(
@@ -347,6 +372,14 @@ class Worker:
                 "detail": detail,
             },
         )
+
+    async def _pause_refused(self, lane: Lane, result: _Result) -> None:
+        """The provider refused the sink's credentials: pause the sink for every process (its deliveries wait
+        rather than each failing in turn) until an operator has fixed them and resumes it."""
+        reason = f"{AUTHENTICATION_FAILED}: {result.detail or ''}"[:ERROR_EXCERPT]
+        await self.store.set_paused(lane.name, paused=True, reason=reason, now=self.clock.now())
+        self._paused[lane.name] = reason
+        logger.error("ALERT sink %s paused: %s; resume it once its credentials are fixed", lane.name, reason)
 
     async def _release(self, claimed: ClaimedDelivery) -> None:
         try:

@@ -7,7 +7,7 @@ directory they share, and whichever process answers a scrape reads them all.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -80,6 +80,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode=LATEST,
         )
+        self.sink_paused = Gauge(
+            "gateway_sink_paused",
+            "1 while the sink is paused (by an operator, or after its credentials were refused), else 0.",
+            ["sink"],
+            registry=registry,
+            multiprocess_mode=LATEST,
+        )
         self.storage_up = Gauge(
             "gateway_storage_up",
             "1 when the last scrape could read the store, else 0.",
@@ -87,9 +94,12 @@ class Metrics:
             multiprocess_mode=LATEST,
         )
 
-    def observe_queues(self, sinks: Iterable[str], stats: dict[str, SinkStats]) -> None:
-        """Set the queue gauges of every configured sink (zero for a sink with nothing queued)."""
+    def observe_queues(
+        self, sinks: Iterable[str], stats: dict[str, SinkStats], paused: Container[str] = frozenset()
+    ) -> None:
+        """Set the queue and state gauges of every configured sink (zero for a sink with nothing queued)."""
         for sink in sinks:
+            self.sink_paused.labels(sink).set(1 if sink in paused else 0)
             current = stats.get(sink, SinkStats(0, 0, 0.0, 0))
             self.queue_depth.labels(sink).set(current.pending)
             self.queue_due.labels(sink).set(current.due)

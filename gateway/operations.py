@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from gateway.clock import Clock, to_datetime
 from gateway.durations import Duration
 from gateway.exceptions import GatewayError
-from gateway.store.base import DeadLetter, DeliveryRow, EventRecord, EventSummary, Store
+from gateway.store.base import DeadLetter, DeliveryRow, EventRecord, EventSummary, SinkStats, Store
 from gateway.store.queries import DeadLetterQuery, EventQuery, decode_cursor, encode_cursor
 
 
@@ -68,6 +68,10 @@ class Replay(Params):
     sink: str | None = Field(None, description="Only the delivery to this sink; all finished ones when omitted")
 
 
+class Pause(Params):
+    reason: str | None = Field(None, max_length=500, description="Why, for the other operators (sinks list)")
+
+
 class Purge(Params):
     older_than: Duration | None = Field(None, description="Default: retention.max_age")
 
@@ -93,7 +97,10 @@ class Operations:
         retention: float,
         tombstones: float = 365 * 86400.0,
         wake: Callable[[Iterable[str] | None], None],
+        sinks: Sequence[str] = (),
     ) -> None:
+        self.sinks = list(sinks)
+        """The configured sinks, in configuration order."""
         self.store = store
         self.clock = clock
         self.retention = retention
@@ -180,6 +187,45 @@ class Operations:
         if not await self.store.set_dead_letter(delivery_id, status="discarded", now=self.clock.now()):
             raise OperationError(404, "unknown_dead_letter", f"no dead letter with delivery id {delivery_id!r}")
         return {"discarded": delivery_id}
+
+    async def list_sinks(self) -> dict[str, Any]:
+        stats, paused = await self.store.sink_stats(now=self.clock.now()), await self.store.paused_sinks()
+        rows = []
+        for sink in self.sinks:
+            current = stats.get(sink, SinkStats(0, 0, 0.0, 0))
+            rows.append(
+                {
+                    "sink": sink,
+                    "state": "paused" if sink in paused else "running",
+                    "paused_because": paused.get(sink),
+                    "queue_depth": current.pending,
+                    "due": current.due,
+                    "oldest_due_seconds": round(current.oldest_due_age, 3),
+                    "dead_letters": current.dead,
+                }
+            )
+        return {"sinks": rows}
+
+    async def pause_sink(self, sink: str, params: Pause) -> dict[str, Any]:
+        """Stop every worker claiming the sink's deliveries (within a second): they wait, spending no attempt."""
+        self._known_sink(sink)
+        await self.store.set_paused(
+            sink, paused=True, reason=params.reason or "paused by an operator", now=self.clock.now()
+        )
+        self.wake(None)
+        return {"sink": sink, "state": "paused"}
+
+    async def resume_sink(self, sink: str) -> dict[str, Any]:
+        """Let the workers claim the sink's deliveries again, in order, from where they stopped."""
+        self._known_sink(sink)
+        await self.store.set_paused(sink, paused=False, reason=None, now=self.clock.now())
+        self.wake(None)
+        return {"sink": sink, "state": "running"}
+
+    def _known_sink(self, sink: str) -> None:
+        if sink not in self.sinks:
+            known = ", ".join(self.sinks) or "none configured"
+            raise OperationError(404, "unknown_sink", f"no sink named {sink!r}; sinks: {known}")
 
     async def purge(self, params: Purge, *, batch: int = 500) -> dict[str, Any]:
         """Delete what is older than the retention, in batches of short transactions, so ingestion goes on."""

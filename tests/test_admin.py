@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,12 @@ import httpx
 import pytest
 
 from gateway.admin import ENDPOINTS, PREFIX, openapi_document
+from gateway.app import build_worker
 from gateway.config import Config
 from gateway.exceptions import ConfigError
 from gateway.sources.base import load_samples
 from tests.conftest import Running, running_gateway
+from tests.helpers import metric, until
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
@@ -68,7 +71,7 @@ async def accepted(gateway: Running, body: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [(e.method, e.path.format(event_id="x", delivery_id="y")) for e in ENDPOINTS]
+    ("method", "path"), [(e.method, e.path.format(event_id="x", delivery_id="y", sink="z")) for e in ENDPOINTS]
 )
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
 async def test_every_endpoint_refuses_a_missing_or_wrong_token(
@@ -248,6 +251,43 @@ async def test_purging_takes_dead_letters_older_than_the_retention_and_keeps_pen
     assert (await admin(gateway, "GET", "/dead-letters")).json()["dead_letters"] == []
     assert (await admin(gateway, "GET", f"/events/{dead}")).status_code == 404
     assert (await admin(gateway, "GET", f"/events/{pending}")).status_code == 200
+
+
+async def test_sinks_are_listed_paused_and_resumed(gateway: Running) -> None:
+    listed = (await admin(gateway, "GET", "/sinks")).json()["sinks"]
+    assert [(row["sink"], row["state"]) for row in listed] == [("crm", "running"), ("journal", "running")]
+    paused = await admin(gateway, "POST", "/sinks/crm/pause", json={"reason": "CRM upgrade until 14:00"})
+    assert paused.json() == {"sink": "crm", "state": "paused"}
+    await accepted(gateway, event("appointment.created", "evt_paused"))
+    assert await gateway.worker.run_due() == 0
+    crm = (await admin(gateway, "GET", "/sinks")).json()["sinks"][0]
+    assert (crm["state"], crm["paused_because"], crm["queue_depth"], crm["due"]) == (
+        "paused",
+        "CRM upgrade until 14:00",
+        1,
+        1,
+    )
+    await gateway.client.get("/metrics")
+    assert metric(gateway, "gateway_sink_paused", sink="crm") == 1
+    assert (await admin(gateway, "POST", "/sinks/crm/resume")).json() == {"sink": "crm", "state": "running"}
+    assert await gateway.worker.run_due() == 1
+    unknown = await admin(gateway, "POST", "/sinks/sms/pause")
+    assert unknown.status_code == 404 and "sinks: crm, journal" in unknown.json()["detail"]
+
+
+async def test_another_process_obeys_a_pause_within_a_second(gateway: Running) -> None:
+    other = build_worker(gateway.app.state.config, gateway.store, gateway.clock)  # as another process would
+    assert await other.run_due() == 0  # it has read the pauses (none), and trusts them for a second
+    await admin(gateway, "POST", "/sinks/crm/pause")
+    paused_at = time.monotonic()
+
+    async def obeys() -> bool:
+        return await other._is_paused("crm")
+
+    await until(obeys, "the other worker to see the pause", 1.5)
+    assert time.monotonic() - paused_at <= 1.1
+    await accepted(gateway, event("appointment.created", "evt_paused"))
+    assert await other.run_due() == 0
 
 
 async def test_storage_trouble_is_a_503_not_a_crash(gateway: Running) -> None:

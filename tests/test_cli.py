@@ -285,9 +285,9 @@ def test_migrate_brings_a_postgresql_schema_up_to_date_and_serve_refuses_one_beh
     with gateway_process(config, "serve", "--port", str(free_port())) as server:
         output, _ = server.communicate(timeout=30)
     assert server.returncode != 0
-    assert "the schema is at version 0, this gateway needs 2; run `appointment-gateway migrate`" in output
+    assert "the schema is at version 0, this gateway needs 3; run `appointment-gateway migrate`" in output
     assert main(["-c", str(config), "migrate"]) == 0
-    assert "applied: 0001_initial.sql, 0002_purged_events.sql" in capsys.readouterr().out
+    assert "applied: 0001_initial.sql, 0002_purged_events.sql, 0003_sink_controls.sql" in capsys.readouterr().out
     assert main(["-c", str(config), "migrate"]) == 0
     assert "the schema is up to date" in capsys.readouterr().out
 
@@ -342,3 +342,8 @@ async def test_the_admin_commands_work_on_the_configured_store(
     assert (await run("dead-letters", "discard", letter["delivery_id"]))[0] == 1  # no longer dead
     assert (await run("events", "show", "nope"))[2] == "unknown_event: no event with id 'nope'\n"
     assert "since: Input should be a valid datetime" in (await run("events", "list", "--since", "last week"))[2]
+    assert await answer("sinks", "pause", "crm", "--reason", "CRM upgrade") == {"sink": "crm", "state": "paused"}
+    (crm_sink,) = (await answer("sinks", "list"))["sinks"]
+    assert (crm_sink["state"], crm_sink["paused_because"], crm_sink["queue_depth"]) == ("paused", "CRM upgrade", 1)
+    assert await answer("sinks", "resume", "crm") == {"sink": "crm", "state": "running"}
+    assert (await run("sinks", "pause", "sms"))[2] == "unknown_sink: no sink named 'sms'; sinks: crm\n"

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from gateway.config import Config
-from gateway.operations import Replay
+from gateway.operations import OperationError, Pause, Replay
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
 from tests.receiver import Answer, Receiver, receiver
@@ -105,6 +105,58 @@ async def test_a_dead_letter_retried_sends_only_to_the_recipients_not_yet_served
         (delivery,) = await gateway.store.deliveries(event_id)
     assert dead.status == "dead" and delivery.status == "succeeded"
     assert recipients(twilio) == ["+33612345678", "+224622000000", "+224622000000"]
+
+
+async def test_refused_credentials_pause_the_sink_instead_of_dead_lettering_each_message(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    refused = json.dumps({"code": 20003, "message": "Authenticate", "status": 401}).encode()
+    twilio.script(Answer(401, {"Content-Type": "application/json"}, refused))
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        operations = gateway.app.state.operations
+        first = (await gateway.post_moncreneau(load_samples("moncreneau.json")["appointment.created"])).json()
+        assert await gateway.worker.run_due() == 1
+        cancelled = load_samples("moncreneau.json")["appointment.cancelled"]
+        second = (await gateway.post_moncreneau(cancelled)).json()
+        gateway.clock.advance(3600)
+        assert await gateway.worker.run_due() == 0  # paused: nothing attempted, no retry spent
+        (sms,) = (await operations.list_sinks())["sinks"]
+        (waiting,) = await gateway.store.deliveries(first["event_id"])
+        assert (sms["state"], sms["queue_depth"], sms["dead_letters"]) == ("paused", 2, 0)
+        assert sms["paused_because"].startswith("authentication failed: Twilio refused the credentials: HTTP 401")
+        assert (waiting.status, waiting.attempts) == ("pending", 1)
+        await operations.resume_sink("sms")  # the credentials were fixed
+        assert await gateway.worker.run_due() == 1  # in order: the appointment's creation first
+        assert await gateway.worker.run_due() == 1
+        statuses = [(await gateway.store.deliveries(e["event_id"]))[0].status for e in (first, second)]
+    assert statuses == ["succeeded", "succeeded"]
+    assert len(twilio.requests) == 1 + 2 + 2  # the refused one, then both numbers for each event
+
+
+async def test_a_paused_sink_is_attempted_by_no_process_and_resumes_in_order(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        operations = gateway.app.state.operations
+        assert await operations.pause_sink("sms", Pause(reason="provider maintenance")) == {
+            "sink": "sms",
+            "state": "paused",
+        }
+        events = []
+        for kind in ("created", "updated", "cancelled"):
+            events.append(
+                (await gateway.post_moncreneau(load_samples("moncreneau.json")[f"appointment.{kind}"])).json()
+            )
+        assert await gateway.worker.run_due() == 0 and twilio.requests == []
+        (sms,) = (await operations.list_sinks())["sinks"]
+        assert (sms["state"], sms["paused_because"], sms["queue_depth"]) == ("paused", "provider maintenance", 3)
+        with pytest.raises(OperationError) as unknown:
+            await operations.pause_sink("crm", Pause())
+        assert unknown.value.status_code == 404
+        await operations.resume_sink("sms")
+        for _ in events:  # one at a time: each waits for the appointment's previous event
+            assert await gateway.worker.run_due() == 1
+    assert len(twilio.requests) == 6
 
 
 async def test_a_message_that_would_arrive_too_late_is_dead_lettered_as_expired(

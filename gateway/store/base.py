@@ -174,6 +174,14 @@ class Store(Protocol):
         """Extend the leases `owner` still holds on these deliveries."""
         ...
 
+    async def set_paused(self, sink: str, *, paused: bool, reason: str | None, now: float) -> None:
+        """Pause a sink (no worker claims its deliveries; they wait, spending no attempt) or resume it."""
+        ...
+
+    async def paused_sinks(self) -> dict[str, str | None]:
+        """The paused sinks, each with the reason it was paused for."""
+        ...
+
     async def lease_owners(self) -> set[str]:
         """The owners holding leases on pending deliveries, expired or not."""
         ...

@@ -59,6 +59,8 @@ PURGE_STATE = for_psycopg(statements.PURGE_STATE)
 INSERT_ATTEMPT = for_psycopg(statements.INSERT_ATTEMPT)
 RELEASE = for_psycopg(statements.RELEASE)
 LEASE_OWNERS = statements.LEASE_OWNERS
+SET_PAUSED = for_psycopg(statements.SET_PAUSED)
+PAUSED_SINKS = statements.PAUSED_SINKS
 RENEW = for_psycopg(statements.RENEW)
 RELEASE_OWNER = for_psycopg(statements.RELEASE_OWNER)
 SELECT_EVENT = for_psycopg(statements.SELECT_EVENT)
@@ -351,6 +353,18 @@ class PostgresStore:
                 await cursor.executemany(RENEW, [(lease_until, delivery_id, owner) for delivery_id in delivery_ids])
 
         await self._run(renew)
+
+    async def set_paused(self, sink: str, *, paused: bool, reason: str | None, now: float) -> None:
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(SET_PAUSED, (sink, paused, reason, now))
+
+        await self._run(write)
+
+    async def paused_sinks(self) -> dict[str, str | None]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> dict[str, str | None]:
+            return {sink: reason for sink, reason in await (await conn.execute(PAUSED_SINKS)).fetchall()}
+
+        return await self._run(read)
 
     async def lease_owners(self) -> set[str]:
         async def owners(conn: psycopg.AsyncConnection[Any]) -> set[str]:

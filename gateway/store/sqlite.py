@@ -59,6 +59,7 @@ from gateway.store.statements import (
     INSERT_SENT,
     LEASE_OWNERS,
     LIST_DEAD_LETTERS,
+    PAUSED_SINKS,
     PURGE_STATE,
     RELEASE,
     RELEASE_OWNER,
@@ -67,6 +68,7 @@ from gateway.store.statements import (
     SELECT_DELIVERIES,
     SELECT_EVENT,
     SELECT_SENT,
+    SET_PAUSED,
     SET_STATE,
 )
 
@@ -144,6 +146,12 @@ CREATE TABLE IF NOT EXISTS sink_state (
     value TEXT NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (sink, key)
+);
+CREATE TABLE IF NOT EXISTS sink_controls (
+    sink TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL,
+    reason TEXT,
+    changed_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS purged_events (
     source TEXT NOT NULL,
@@ -429,6 +437,16 @@ class SQLiteStore:
                 db.executemany(RENEW, [(lease_until, delivery_id, owner) for delivery_id in delivery_ids])
 
         await self._write(renew)
+
+    async def set_paused(self, sink: str, *, paused: bool, reason: str | None, now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(SET_PAUSED, (sink, paused, reason, now))
+
+        await self._write(write)
+
+    async def paused_sinks(self) -> dict[str, str | None]:
+        return await self._read(lambda db: dict(db.execute(PAUSED_SINKS).fetchall()))
 
     async def lease_owners(self) -> set[str]:
         return await self._read(lambda db: {row[0] for row in db.execute(LEASE_OWNERS)})

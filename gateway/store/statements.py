@@ -23,6 +23,13 @@ INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, c
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# Paused sinks: every worker reads them before it claims.
+SET_PAUSED = """
+INSERT INTO sink_controls (sink, paused, reason, changed_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (sink) DO UPDATE SET paused = excluded.paused, reason = excluded.reason, changed_at = excluded.changed_at
+"""
+PAUSED_SINKS = "SELECT sink, reason FROM sink_controls WHERE paused"
+
 # A purged event's provider id is remembered (a tombstone), so that the same request replayed is a duplicate.
 FIND_PURGED = "SELECT event_id FROM purged_events WHERE source = ? AND provider_event_id = ?"
 FORGET_PURGED = "DELETE FROM purged_events WHERE purged_at < ?"

@@ -345,6 +345,15 @@ async def test_leases_are_renewed_only_by_their_owner_and_a_gone_owners_are_rele
     assert sorted(d.id for d in again) == sorted(d.id for d in mine)
 
 
+async def test_a_sink_is_paused_with_its_reason_and_resumed(store: Store) -> None:
+    assert await store.paused_sinks() == {}
+    await store.set_paused("sms", paused=True, reason="authentication failed", now=1.0)
+    await store.set_paused("crm", paused=True, reason=None, now=1.0)
+    assert await store.paused_sinks() == {"sms": "authentication failed", "crm": None}
+    await store.set_paused("sms", paused=False, reason=None, now=2.0)
+    assert await store.paused_sinks() == {"crm": None}
+
+
 async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
     for n in range(3):
         await store.ingest(record(f"evt_{n}", key=f"k{n}", received=1000.0 + n), targets("crm"))
