@@ -38,6 +38,7 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
             retry=settings.sinks[name].retry,
             concurrency=settings.sinks[name].concurrency,
             timeout=settings.sinks[name].timeout,
+            circuit=settings.sinks[name].circuit,
         )
         for name, sink in config.sinks.items()
     }

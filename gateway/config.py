@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
 
 from gateway._fields import annotation_at, model_in
+from gateway.circuit import CircuitPolicy
 from gateway.durations import Duration
 from gateway.exceptions import ConfigError
 from gateway.plugins import sink_types, source_types
@@ -130,6 +131,9 @@ class SinkConfig(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     concurrency: int = Field(4, ge=1, description="Attempts in flight at once for this sink, in each worker process")
     timeout: Duration = Field(10.0, gt=0, description="An attempt running longer is abandoned and retried")
+    circuit: CircuitPolicy | None = Field(
+        None, description="{failures, within, probe_every}: stop using a failing sink, probe it until it recovers"
+    )
 
 
 class GatewayConfig(_Strict):

@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import ValidationError
 
+from gateway.circuit import Circuit, CircuitPolicy, State
 from gateway.clock import Clock, SystemClock
 from gateway.events import STORED, AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
@@ -45,6 +46,7 @@ class Lane:
     retry: RetryPolicy
     concurrency: int
     timeout: float
+    circuit: CircuitPolicy | None = None
 
     @property
     def name(self) -> str:
@@ -124,6 +126,9 @@ class Worker:
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._retries: dict[str, list[float]] = {name: [] for name in self.lanes}
         """Per sink, when the retries this worker scheduled fall due (a heap): it wakes for them, not at a poll."""
+        self._circuits = {name: Circuit(lane.circuit) for name, lane in self.lanes.items() if lane.circuit}
+        self._probes: dict[str, str] = {}
+        """Per sink whose circuit is open, the delivery claimed to probe it."""
         self._paused: dict[str, str | None] = {}
         self._paused_read_at = -PAUSES_READ_EVERY
         self._stop = anyio.Event()
@@ -216,6 +221,9 @@ class Worker:
         while retries and retries[0] <= now:
             heapq.heappop(retries)  # due by now: the claim just made took it, or an earlier one still holds it back
         limit = min(self.poll_interval, PAUSES_READ_EVERY) if sink in self._paused else self.poll_interval
+        circuit = self._circuits.get(sink)
+        if circuit is not None and circuit.state is State.OPEN:
+            limit = min(limit, max(0.0, circuit.next_probe_at - now))
         return min(limit, retries[0] - now) if retries else limit
 
     async def _is_paused(self, sink: str) -> bool:
@@ -234,6 +242,12 @@ class Worker:
         if free <= 0 or await self._is_paused(lane.name):
             return 0
         now = self.clock.now()
+        circuit = self._circuits.get(lane.name)
+        allowance = circuit.allowance(now) if circuit is not None else None
+        if allowance is not None:  # the circuit is open: nothing, or one delivery to probe the sink
+            if allowance == 0 or lane.name in self._probes:
+                return 0
+            free = min(free, allowance)
         lease_until = now + self.lease  # renewed while held (_renew_leases)
         try:
             claimed = await self.store.claim(lane.name, limit=free, now=now, owner=self.owner, lease_until=lease_until)
@@ -241,6 +255,11 @@ class Worker:
             logger.error("cannot claim deliveries for sink %s: %s", lane.name, error)
             return 0
         self._more_due[lane.name] = len(claimed) == free
+        if circuit is not None and allowance is not None:
+            if claimed:
+                self._probes[lane.name] = claimed[0].id
+            else:
+                circuit.no_probe()
         for delivery in claimed:
             if delivery.id in self._claimed[lane.name]:
                 continue  # still in flight here: its lease looked expired only because the clock jumped forward
@@ -254,11 +273,15 @@ class Worker:
         number = claimed.attempts + 1
         try:
             async with self._slots[lane.name]:
+                if self._held_back(lane, claimed):
+                    await self._release(claimed)  # claimed ahead before the circuit opened: it waits, unspent
+                    return
                 started_at = self.clock.now()
                 began = time.perf_counter()
                 result = await self._deliver(lane, claimed, number)
                 duration_ms = (time.perf_counter() - began) * 1000
             self._answered(lane, claimed.id)
+            self._observe_circuit(lane, claimed, result)
             if result.dead_reason == AUTHENTICATION_FAILED and result.outcome == "permanent":
                 await self._pause_refused(lane, result)
             transition = self._transition(lane, claimed, number, result)
@@ -372,6 +395,33 @@ class Worker:
                 "detail": detail,
             },
         )
+
+    def _held_back(self, lane: Lane, claimed: ClaimedDelivery) -> bool:
+        """Whether the sink's circuit is open and this delivery is not its probe."""
+        circuit = self._circuits.get(lane.name)
+        return circuit is not None and circuit.state is not State.CLOSED and self._probes.get(lane.name) != claimed.id
+
+    def _observe_circuit(self, lane: Lane, claimed: ClaimedDelivery, result: _Result) -> None:
+        """Feed the sink's circuit: retryable failures open it, a success closes it (data errors say nothing)."""
+        circuit = self._circuits.get(lane.name)
+        if circuit is None:
+            return
+        if self._probes.get(lane.name) == claimed.id:
+            del self._probes[lane.name]
+        if result.outcome == "succeeded" and circuit.succeeded():
+            self.metrics.circuit_open.labels(lane.name).set(0)
+            logger.warning("sink %s circuit closed: a delivery succeeded", lane.name)
+        elif result.outcome == "retryable" and circuit.failed(self.clock.now()):
+            self.metrics.circuit_open.labels(lane.name).set(1)
+            logger.error(
+                "ALERT sink %s circuit opened after %d failures in a row (last: %s); probing every %gs",
+                lane.name,
+                circuit.policy.failures,
+                result.detail,
+                circuit.policy.probe_every,
+            )
+        else:
+            circuit.no_probe()  # a probe that failed on its own data says nothing of the sink: probe again
 
     async def _pause_refused(self, lane: Lane, result: _Result) -> None:
         """The provider refused the sink's credentials: pause the sink for every process (its deliveries wait

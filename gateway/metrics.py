@@ -80,6 +80,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode=LATEST,
         )
+        self.circuit_open = Gauge(
+            "gateway_sink_circuit_open",
+            "1 while the sink's circuit is open in this worker process (failing: probed, not used), else 0.",
+            ["sink"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.sink_paused = Gauge(
             "gateway_sink_paused",
             "1 while the sink is paused (by an operator, or after its credentials were refused), else 0.",

@@ -18,7 +18,7 @@ from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Running, moncreneau_request, running_gateway
-from tests.helpers import dead_owner, until
+from tests.helpers import dead_owner, metric, until
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
@@ -485,3 +485,52 @@ async def test_a_retry_is_attempted_within_a_tenth_of_a_second_of_its_due_time(
     waits = (second.arrived_at - first.arrived_at, third.arrived_at - second.arrived_at)
     print(f"retries after {waits[0]:.3f}s and {waits[1]:.3f}s (due after 0.4 and 0.7 s)")
     assert 0.4 <= waits[0] < 0.5 and 0.7 <= waits[1] < 0.8
+
+
+async def test_a_failing_sink_opens_its_circuit_is_probed_and_closes_on_the_first_success(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    crm.default = Answer(503)
+    circuit = "circuit: {failures: 3, within: 1m, probe_every: 30s}, concurrency: 1, retry: {schedule: [1s]}"
+    async with running_gateway(write_config(http_sinks(crm=(crm.url, circuit)))) as gateway:
+        ids = [await accepted(gateway, event(event_id=f"evt_{n}", appointment=n)) for n in range(5)]
+        for _ in range(3):
+            assert await gateway.worker.run_due() == 1
+            gateway.clock.advance(1)
+        assert metric(gateway, "gateway_sink_circuit_open", sink="crm") == 1
+        gateway.clock.advance(5)  # everything is due, but the circuit is open
+        assert await gateway.worker.run_due() == 0
+        spent = [(await only_delivery(gateway, event_id)).attempts for event_id in ids]
+        assert sum(spent) == 3 and len(crm.requests) == 3
+        gateway.clock.advance(30)
+        assert await gateway.worker.run_due() == 1  # one probe; it fails
+        assert await gateway.worker.run_due() == 0
+        crm.default = Answer(200)
+        gateway.clock.advance(30)
+        assert await gateway.worker.run_due() == 1  # the probe succeeds: closed
+        assert metric(gateway, "gateway_sink_circuit_open", sink="crm") == 0
+        while await gateway.worker.run_due():
+            pass
+        statuses = {(await only_delivery(gateway, event_id)).status for event_id in ids}
+    assert statuses == {"succeeded"}
+    assert len(crm.requests) == 3 + 1 + 5  # three failures, a failed probe, then each once
+
+
+async def test_deliveries_claimed_ahead_wait_unspent_when_the_circuit_opens(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    answered = anyio.Event()
+    crm.script(Answer(503, hold=answered), Answer(503, hold=answered))
+    circuit = "circuit: {failures: 2, within: 1m, probe_every: 1h}, concurrency: 2, retry: {schedule: [1h]}"
+    async with running_gateway(write_config(http_sinks(crm=(crm.url, circuit))), run_worker=True) as gateway:
+        ids = [await accepted(gateway, event(event_id=f"evt_{n}", appointment=n)) for n in range(4)]
+        with anyio.fail_after(5):
+            await crm.wait_for(2)  # two in flight, two more claimed ahead, waiting for a slot
+        answered.set()
+
+        async def held_back() -> bool:
+            rows = [await only_delivery(gateway, event_id) for event_id in ids]
+            return sum(row.attempts for row in rows) == 2 and all(row.lease_owner is None for row in rows)
+
+        await until(held_back, "the two claimed ahead to be given back unattempted", 5)
+    assert len(crm.requests) == 2
