@@ -39,6 +39,7 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
             concurrency=settings.sinks[name].concurrency,
             timeout=settings.sinks[name].timeout,
             circuit=settings.sinks[name].circuit,
+            rate_limit=settings.sinks[name].rate_limit,
         )
         for name, sink in config.sinks.items()
     }

@@ -19,6 +19,7 @@ from gateway._fields import annotation_at, model_in
 from gateway.circuit import CircuitPolicy
 from gateway.durations import Duration
 from gateway.exceptions import ConfigError
+from gateway.ingress import RateLimit
 from gateway.plugins import sink_types, source_types
 from gateway.retry import RetryPolicy
 from gateway.routing import Route
@@ -131,6 +132,9 @@ class SinkConfig(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     concurrency: int = Field(4, ge=1, description="Attempts in flight at once for this sink, in each worker process")
     timeout: Duration = Field(10.0, gt=0, description="An attempt running longer is abandoned and retried")
+    rate_limit: RateLimit | None = Field(
+        None, description="{per_second, burst}: at most this rate to the sink, shared by every process (in the store)"
+    )
     circuit: CircuitPolicy | None = Field(
         None, description="{failures, within, probe_every}: stop using a failing sink, probe it until it recovers"
     )

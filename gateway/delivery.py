@@ -23,6 +23,7 @@ from gateway.circuit import Circuit, CircuitPolicy, State
 from gateway.clock import Clock, SystemClock
 from gateway.events import STORED, AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
+from gateway.ingress import RateLimit
 from gateway.leases import is_gone, owner_id
 from gateway.logs import redact
 from gateway.metrics import Metrics
@@ -47,6 +48,7 @@ class Lane:
     concurrency: int
     timeout: float
     circuit: CircuitPolicy | None = None
+    rate_limit: RateLimit | None = None
 
     @property
     def name(self) -> str:
@@ -128,6 +130,8 @@ class Worker:
         """Per sink, when the retries this worker scheduled fall due (a heap): it wakes for them, not at a poll."""
         self._circuits = {name: Circuit(lane.circuit) for name, lane in self.lanes.items() if lane.circuit}
         self._probes: dict[str, str] = {}
+        self._tokens_at: dict[str, float] = {}
+        """Per rate-limited sink that got no token, when the next one is there (worker clock)."""
         """Per sink whose circuit is open, the delivery claimed to probe it."""
         self._paused: dict[str, str | None] = {}
         self._paused_read_at = -PAUSES_READ_EVERY
@@ -224,6 +228,8 @@ class Worker:
         circuit = self._circuits.get(sink)
         if circuit is not None and circuit.state is State.OPEN:
             limit = min(limit, max(0.0, circuit.next_probe_at - now))
+        if sink in self._tokens_at:
+            limit = min(limit, max(0.0, self._tokens_at[sink] - now))
         return min(limit, retries[0] - now) if retries else limit
 
     async def _is_paused(self, sink: str) -> bool:
@@ -254,6 +260,8 @@ class Worker:
         except StorageError as error:
             logger.error("cannot claim deliveries for sink %s: %s", lane.name, error)
             return 0
+        if lane.rate_limit is not None and claimed:
+            claimed = await self._with_tokens(lane, claimed, now)
         self._more_due[lane.name] = len(claimed) == free
         if circuit is not None and allowance is not None:
             if claimed:
@@ -282,6 +290,7 @@ class Worker:
                 duration_ms = (time.perf_counter() - began) * 1000
             self._answered(lane, claimed.id)
             self._observe_circuit(lane, claimed, result)
+            await self._slow_down(lane, result)
             if result.dead_reason == AUTHENTICATION_FAILED and result.outcome == "permanent":
                 await self._pause_refused(lane, result)
             transition = self._transition(lane, claimed, number, result)
@@ -395,6 +404,41 @@ class Worker:
                 "detail": detail,
             },
         )
+
+    async def _with_tokens(self, lane: Lane, claimed: list[ClaimedDelivery], now: float) -> list[ClaimedDelivery]:
+        """The claimed deliveries the sink's shared rate limit has tokens for; the others are given back at once
+        and the lane looks again when the next token is there."""
+        limit = lane.rate_limit
+        assert limit is not None
+        try:
+            taken = await self.store.take_tokens(
+                lane.name, want=len(claimed), per_second=limit.per_second, burst=limit.burst, now=now
+            )
+        except StorageError as error:
+            logger.error("cannot take rate-limit tokens for sink %s: %s", lane.name, error)
+            taken = None
+        granted = taken.granted if taken is not None else 0
+        self._tokens_at.pop(lane.name, None)
+        if granted < len(claimed):
+            self.metrics.rate_limit_waits.labels(lane.name).inc()
+            self._tokens_at[lane.name] = now + (
+                taken.wait if taken is not None and taken.wait else 1 / limit.per_second
+            )
+            surplus = claimed[granted:]
+            try:
+                await self.store.release([delivery.id for delivery in surplus], self.owner)
+            except StorageError as error:
+                logger.error("cannot give back %d deliveries (their leases will expire): %s", len(surplus), error)
+        return claimed[:granted]
+
+    async def _slow_down(self, lane: Lane, result: _Result) -> None:
+        """A provider's Retry-After (or 429) on a rate-limited sink holds back every process, not one delivery."""
+        limit = lane.rate_limit
+        if limit is None or result.outcome != "retryable" or (result.retry_after is None and result.status_code != 429):
+            return
+        now = self.clock.now()
+        until = now + (result.retry_after if result.retry_after is not None else 1 / limit.per_second)
+        await self.store.block_tokens(lane.name, until=until, now=now)
 
     def _held_back(self, lane: Lane, claimed: ClaimedDelivery) -> bool:
         """Whether the sink's circuit is open and this delivery is not its probe."""

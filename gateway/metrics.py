@@ -80,6 +80,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode=LATEST,
         )
+        self.rate_limit_waits = Counter(
+            "gateway_rate_limit_waits_total",
+            "Claims cut short because the sink's shared rate limit had no token, by sink.",
+            ["sink"],
+            registry=registry,
+        )
         self.circuit_open = Gauge(
             "gateway_sink_circuit_open",
             "1 while the sink's circuit is open in this worker process (failing: probed, not used), else 0.",

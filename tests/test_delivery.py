@@ -534,3 +534,23 @@ async def test_deliveries_claimed_ahead_wait_unspent_when_the_circuit_opens(
 
         await until(held_back, "the two claimed ahead to be given back unattempted", 5)
     assert len(crm.requests) == 2
+
+
+async def test_a_sinks_rate_limit_holds_claims_and_a_retry_after_holds_the_whole_sink(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    crm.script(Answer(200), Answer(200), Answer(429, {"Retry-After": "10"}))
+    limit = "rate_limit: {per_second: 1, burst: 2}, concurrency: 4, retry: {schedule: [1s]}"
+    async with running_gateway(write_config(http_sinks(crm=(crm.url, limit)))) as gateway:
+        ids = [await accepted(gateway, event(event_id=f"evt_{n}", appointment=n)) for n in range(5)]
+        assert await gateway.worker.run_due() == 2  # the burst; the other claims were given back
+        assert await gateway.worker.run_due() == 0
+        gateway.clock.advance(1)
+        assert await gateway.worker.run_due() == 1  # answered 429, Retry-After: 10
+        gateway.clock.advance(5)  # tokens refilled, but the 429 said: not before 10 s
+        assert await gateway.worker.run_due() == 0
+        gateway.clock.advance(5)
+        assert await gateway.worker.run_due() == 2
+        waits = metric(gateway, "gateway_rate_limit_waits_total", sink="crm")
+        leased = [(await only_delivery(gateway, event_id)).lease_owner for event_id in ids]
+    assert waits >= 3 and leased == [None] * 5 and len(crm.requests) == 5

@@ -523,3 +523,46 @@ async def test_sigterm_with_an_attempt_in_flight_lets_it_finish_and_records_it(t
     assert exit_code == (0 if stopped == "worker" else -signal.SIGTERM)
     assert rows == [("succeeded", 1, None)]
     assert len(crm.requests) == 1
+
+
+async def test_a_sinks_rate_limit_holds_across_two_worker_processes(tmp_path: Path) -> None:
+    """Two `worker` processes and `serve --no-worker` on one SQLite file, a sink limited to 5/s with a burst of 5,
+    a backlog of 10 s: the sink sees at most 5/s plus the burst, and about that much."""
+    port, events, per_second, burst = free_port(), 55, 5, 5
+    async with receiver() as crm:
+        config = configure(tmp_path, port, crm.url)
+        text = config.read_text().replace(
+            "concurrency: 8,", f"concurrency: 8, rate_limit: {{per_second: {per_second}, burst: {burst}}},"
+        )
+        config.write_text(text)
+        command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
+        with (
+            gateway_process(config, port, tmp_path / "serve.log", "--no-worker"),
+            (tmp_path / "worker.log").open("ab") as log,
+        ):
+            async with httpx.AsyncClient(timeout=10) as client:
+                for n in range(events):  # the backlog, before any worker runs
+                    raw, headers = signed(n)
+                    response = await client.post(
+                        f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                    )
+                    assert response.status_code == 202
+            workers = [await anyio.open_process(command, stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
+            try:
+                await until(lambda: len(crm.requests) >= events, "the backlog to drain", 60)
+            finally:
+                for worker in workers:
+                    worker.terminate()
+                    await worker.wait()
+    times = sorted(request.arrived_at for request in crm.requests)
+    elapsed = times[-1] - times[0]
+    worst = max(
+        sum(1 for moment in times if start <= moment < start + 1.0) for start in times
+    )  # the most requests in any one second
+    print(
+        f"\n{len(times)} deliveries in {elapsed:.2f}s by two processes: {(len(times) - burst) / elapsed:.2f}/s after "
+        f"the burst (limit {per_second}/s, burst {burst}); at most {worst} in any one second"
+    )
+    assert len(times) <= per_second * elapsed + burst + 1  # within the rate plus the burst (the first one is free)
+    assert worst <= per_second + burst
+    assert elapsed >= (events - burst) / per_second - 1  # and it did wait for tokens: not much faster

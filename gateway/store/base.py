@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from gateway.routing import Target
+from gateway.store.buckets import Taken
 
 if TYPE_CHECKING:
     from gateway.store.queries import DeadLetterQuery, EventQuery
@@ -180,6 +181,14 @@ class Store(Protocol):
 
     async def paused_sinks(self) -> dict[str, str | None]:
         """The paused sinks, each with the reason it was paused for."""
+        ...
+
+    async def take_tokens(self, sink: str, *, want: int, per_second: float, burst: int, now: float) -> Taken:
+        """Up to `want` tokens from the sink's shared bucket (gateway.store.buckets)."""
+        ...
+
+    async def block_tokens(self, sink: str, *, until: float, now: float) -> None:
+        """Give no token for the sink before `until` (a provider's Retry-After), in every process."""
         ...
 
     async def lease_owners(self) -> set[str]:

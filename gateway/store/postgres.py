@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store import statements
+from gateway.store import buckets, statements
 from gateway.store.base import (
     AttemptRecord,
     ClaimedDelivery,
@@ -37,6 +37,7 @@ from gateway.store.base import (
     SinkStats,
     Transition,
 )
+from gateway.store.buckets import Taken
 from gateway.store.queries import (
     DeadLetterQuery,
     EventQuery,
@@ -59,6 +60,10 @@ PURGE_STATE = for_psycopg(statements.PURGE_STATE)
 INSERT_ATTEMPT = for_psycopg(statements.INSERT_ATTEMPT)
 RELEASE = for_psycopg(statements.RELEASE)
 LEASE_OWNERS = statements.LEASE_OWNERS
+BUCKET_CREATE = for_psycopg(buckets.CREATE)
+BUCKET_READ = for_psycopg(buckets.READ) + " FOR UPDATE"  # one process at a time takes from a bucket
+BUCKET_WRITE = for_psycopg(buckets.WRITE)
+BUCKET_BLOCK = for_psycopg(buckets.BLOCK.format(greatest="GREATEST"))
 SET_PAUSED = for_psycopg(statements.SET_PAUSED)
 PAUSED_SINKS = statements.PAUSED_SINKS
 RENEW = for_psycopg(statements.RENEW)
@@ -365,6 +370,26 @@ class PostgresStore:
             return {sink: reason for sink, reason in await (await conn.execute(PAUSED_SINKS)).fetchall()}
 
         return await self._run(read)
+
+    async def take_tokens(self, sink: str, *, want: int, per_second: float, burst: int, now: float) -> Taken:
+        async def take(conn: psycopg.AsyncConnection[Any]) -> Taken:
+            await conn.execute(BUCKET_CREATE, (sink, float(burst), now))
+            row = await (await conn.execute(BUCKET_READ, (sink,))).fetchone()
+            assert row is not None
+            tokens, updated_at, blocked_until = row
+            taken = buckets.take(
+                tokens, updated_at, blocked_until, want=want, per_second=per_second, burst=burst, now=now
+            )
+            await conn.execute(BUCKET_WRITE, (taken.tokens, max(now, updated_at), sink))
+            return taken
+
+        return await self._run(take)
+
+    async def block_tokens(self, sink: str, *, until: float, now: float) -> None:
+        async def block(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(BUCKET_BLOCK, (sink, now, until))
+
+        await self._run(block)
 
     async def lease_owners(self) -> set[str]:
         async def owners(conn: psycopg.AsyncConnection[Any]) -> set[str]:

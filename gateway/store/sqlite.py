@@ -25,6 +25,7 @@ import anyio.to_thread
 from gateway.exceptions import StorageError
 from gateway.private import private_file
 from gateway.routing import Target
+from gateway.store import buckets
 from gateway.store.base import (
     AttemptRecord,
     ClaimedDelivery,
@@ -37,6 +38,7 @@ from gateway.store.base import (
     SinkStats,
     Transition,
 )
+from gateway.store.buckets import Taken
 from gateway.store.doorbell import Doorbell
 from gateway.store.queries import (
     DeadLetterQuery,
@@ -152,6 +154,12 @@ CREATE TABLE IF NOT EXISTS sink_controls (
     paused INTEGER NOT NULL,
     reason TEXT,
     changed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_buckets (
+    sink TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    blocked_until REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS purged_events (
     source TEXT NOT NULL,
@@ -447,6 +455,27 @@ class SQLiteStore:
 
     async def paused_sinks(self) -> dict[str, str | None]:
         return await self._read(lambda db: dict(db.execute(PAUSED_SINKS).fetchall()))
+
+    async def take_tokens(self, sink: str, *, want: int, per_second: float, burst: int, now: float) -> Taken:
+        def take(db: sqlite3.Connection) -> Taken:
+            with _transaction(db):
+                db.execute(buckets.CREATE, (sink, float(burst), now))
+                tokens, updated_at, blocked_until = db.execute(buckets.READ, (sink,)).fetchone()
+                taken = buckets.take(
+                    tokens, updated_at, blocked_until, want=want, per_second=per_second, burst=burst, now=now
+                )
+                db.execute(buckets.WRITE, (taken.tokens, max(now, updated_at), sink))
+                return taken
+
+        taken: Taken = await self._write(take)
+        return taken
+
+    async def block_tokens(self, sink: str, *, until: float, now: float) -> None:
+        def block(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(buckets.BLOCK.format(greatest="max"), (sink, now, until))
+
+        await self._write(block)
 
     async def lease_owners(self) -> set[str]:
         return await self._read(lambda db: {row[0] for row in db.execute(LEASE_OWNERS)})

@@ -354,6 +354,21 @@ async def test_a_sink_is_paused_with_its_reason_and_resumed(store: Store) -> Non
     assert await store.paused_sinks() == {"crm": None}
 
 
+async def test_a_sinks_token_bucket_is_shared_refilled_and_blocked(store: Store) -> None:
+    async def take(sink: str, want: int, now: float) -> tuple[int, float]:
+        taken = await store.take_tokens(sink, want=want, per_second=2.0, burst=3, now=now)
+        return taken.granted, taken.wait
+
+    assert (await take("sms", 5, 100.0))[0] == 3  # a full bucket: the burst
+    assert await take("sms", 1, 100.0) == (0, 0.5)
+    assert (await take("sms", 5, 101.0))[0] == 2  # refilled at 2/s
+    assert (await take("crm", 1, 101.0))[0] == 1  # a bucket per sink
+    await store.block_tokens("sms", until=110.0, now=101.0)
+    await store.block_tokens("sms", until=105.0, now=101.0)  # never shortens a block
+    assert await take("sms", 1, 104.0) == (0, 6.0)
+    assert (await take("sms", 5, 110.0))[0] == 3
+
+
 async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
     for n in range(3):
         await store.ingest(record(f"evt_{n}", key=f"k{n}", received=1000.0 + n), targets("crm"))
