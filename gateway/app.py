@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.admin import admin_routes
+from gateway.alerts import Alerts
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.delivery import Lane, StoreState, Worker
@@ -43,7 +44,9 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
         )
         for name, sink in config.sinks.items()
     }
-    return Worker(
+    metrics = metrics or Metrics()
+    alerts = Alerts(store, Router(settings.routes), clock, metrics, debounce=settings.alerts.debounce)
+    worker = Worker(
         store,
         lanes,
         clock=clock,
@@ -51,7 +54,11 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
         lease=settings.worker.lease,
         shutdown_grace=settings.worker.shutdown_grace,
         metrics=metrics,
+        alerts=alerts,
+        backlog_late_after=settings.alerts.backlog_late_after,
     )
+    alerts.on_stored = worker.wake
+    return worker
 
 
 def build_operations(config: Config, store: Store, clock: Clock, worker: Worker) -> Operations:
@@ -63,6 +70,7 @@ def build_operations(config: Config, store: Store, clock: Clock, worker: Worker)
         tombstones=retention.tombstones,
         wake=worker.wake,
         sinks=list(config.sinks),
+        alerts=worker.alerts,
     )
 
 

@@ -126,6 +126,13 @@ class RetentionConfig(_Strict):
     )
 
 
+class AlertsConfig(_Strict):
+    debounce: Duration = Field(900.0, ge=0, description="At most one alert of a type about a sink this often")
+    backlog_late_after: Duration | None = Field(
+        900.0, gt=0, description="gateway.sink.backlog_late when a sink's oldest due delivery waited longer"
+    )
+
+
 class SinkConfig(_Strict):
     type: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -147,6 +154,7 @@ class GatewayConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)

@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import ValidationError
 
+from gateway.alerts import Alerts, is_alert
 from gateway.circuit import Circuit, CircuitPolicy, State
 from gateway.clock import Clock, SystemClock
 from gateway.events import STORED, AppointmentEvent
@@ -109,6 +110,8 @@ class Worker:
         shutdown_grace: float = 10.0,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        alerts: Alerts | None = None,
+        backlog_late_after: float | None = None,
     ) -> None:
         self.store = store
         self.lanes = dict(lanes)
@@ -119,6 +122,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.alerts = alerts
+        self.backlog_late_after = backlog_late_after
         self._claimed: dict[str, set[str]] = {name: set() for name in self.lanes}
         """Per sink, claimed deliveries the sink has not answered yet: up to twice its `concurrency`, so that the
         next ones are claimed (a commit away) while the first are sent, and start as soon as a slot frees."""
@@ -176,6 +181,8 @@ class Worker:
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self.store.watch, self.wake)
                 watching.start_soon(self._renew_leases)
+                if self.alerts is not None and self.backlog_late_after is not None:
+                    watching.start_soon(self._watch_backlogs, self.alerts, self.backlog_late_after)
                 async with anyio.create_task_group() as lanes:
                     lanes.start_soon(self._stop.wait)  # run until stopped, even with no sink to drive
                     for lane in self.lanes.values():
@@ -197,6 +204,24 @@ class Worker:
                 await self.store.renew(held, self.owner, lease_until=self.clock.now() + self.lease)
             except StorageError as error:
                 logger.error("cannot renew the leases of %d deliveries (they may expire): %s", len(held), error)
+
+    async def _watch_backlogs(self, alerts: Alerts, late_after: float) -> None:
+        """Raise gateway.sink.backlog_late for a sink whose oldest due delivery has waited longer than
+        `late_after` (checked every tenth of it, at most every minute)."""
+        while True:
+            await anyio.sleep(min(late_after / 10, 60.0))
+            await self.check_backlogs(alerts, late_after)
+
+    async def check_backlogs(self, alerts: Alerts, late_after: float) -> None:
+        try:
+            stats = await self.store.sink_stats(now=self.clock.now())
+        except StorageError as error:
+            logger.error("cannot check the sinks' backlogs: %s", error)
+            return
+        for sink, current in stats.items():
+            if sink in self.lanes and current.oldest_due_age > late_after:
+                detail = f"{current.due} deliveries due, the oldest for {current.oldest_due_age:.0f}s"
+                await alerts.emit("gateway.sink.backlog_late", sink, detail)
 
     async def run_due(self) -> int:
         """Claim and attempt, once, what is due now on every sink (up to its concurrency); return how many attempts
@@ -289,7 +314,7 @@ class Worker:
                 result = await self._deliver(lane, claimed, number)
                 duration_ms = (time.perf_counter() - began) * 1000
             self._answered(lane, claimed.id)
-            self._observe_circuit(lane, claimed, result)
+            await self._observe_circuit(lane, claimed, result)
             await self._slow_down(lane, result)
             if result.dead_reason == AUTHENTICATION_FAILED and result.outcome == "permanent":
                 await self._pause_refused(lane, result)
@@ -302,6 +327,8 @@ class Worker:
                 self.metrics.dead_lettered.labels(lane.name).inc()
                 logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)
             await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
+            if transition.status == "dead":
+                await self._alert_dead_letter(lane, claimed, transition)
             if transition.next_attempt_at is not None:
                 heapq.heappush(self._retries[lane.name], transition.next_attempt_at)
         except StorageError as error:
@@ -445,7 +472,19 @@ class Worker:
         circuit = self._circuits.get(lane.name)
         return circuit is not None and circuit.state is not State.CLOSED and self._probes.get(lane.name) != claimed.id
 
-    def _observe_circuit(self, lane: Lane, claimed: ClaimedDelivery, result: _Result) -> None:
+    async def _alert_dead_letter(self, lane: Lane, claimed: ClaimedDelivery, transition: Transition) -> None:
+        """gateway.delivery.dead_lettered, unless the dead letter is itself an alert's delivery."""
+        if self.alerts is None or is_alert(json.loads(claimed.canonical).get("type")):
+            return
+        await self.alerts.emit(
+            "gateway.delivery.dead_lettered",
+            lane.name,
+            transition.dead_reason,
+            delivery_id=claimed.id,
+            event_id=claimed.event_id,
+        )
+
+    async def _observe_circuit(self, lane: Lane, claimed: ClaimedDelivery, result: _Result) -> None:
         """Feed the sink's circuit: retryable failures open it, a success closes it (data errors say nothing)."""
         circuit = self._circuits.get(lane.name)
         if circuit is None:
@@ -455,15 +494,16 @@ class Worker:
         if result.outcome == "succeeded" and circuit.succeeded():
             self.metrics.circuit_open.labels(lane.name).set(0)
             logger.warning("sink %s circuit closed: a delivery succeeded", lane.name)
+            if self.alerts is not None:
+                await self.alerts.emit("gateway.sink.circuit_closed", lane.name, "a delivery succeeded")
         elif result.outcome == "retryable" and circuit.failed(self.clock.now()):
             self.metrics.circuit_open.labels(lane.name).set(1)
+            detail = f"{circuit.policy.failures} failures in a row, the last: {result.detail}"
             logger.error(
-                "ALERT sink %s circuit opened after %d failures in a row (last: %s); probing every %gs",
-                lane.name,
-                circuit.policy.failures,
-                result.detail,
-                circuit.policy.probe_every,
+                "ALERT sink %s circuit opened: %s; probing every %gs", lane.name, detail, circuit.policy.probe_every
             )
+            if self.alerts is not None:
+                await self.alerts.emit("gateway.sink.circuit_opened", lane.name, detail)
         else:
             circuit.no_probe()  # a probe that failed on its own data says nothing of the sink: probe again
 
@@ -474,6 +514,8 @@ class Worker:
         await self.store.set_paused(lane.name, paused=True, reason=reason, now=self.clock.now())
         self._paused[lane.name] = reason
         logger.error("ALERT sink %s paused: %s; resume it once its credentials are fixed", lane.name, reason)
+        if self.alerts is not None:
+            await self.alerts.emit("gateway.sink.paused", lane.name, reason)
 
     async def _release(self, claimed: ClaimedDelivery) -> None:
         try:

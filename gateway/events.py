@@ -18,6 +18,12 @@ EventType = Literal[
     "appointment.validated",
     "appointment.completed",
     "customer.updated",
+    "gateway.sink.circuit_opened",
+    "gateway.sink.circuit_closed",
+    "gateway.sink.paused",
+    "gateway.sink.resumed",
+    "gateway.delivery.dead_lettered",
+    "gateway.sink.backlog_late",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 STORED = {"stored": True}
@@ -116,6 +122,15 @@ class Appointment(_Model):
     credits_used: int | None = None
 
 
+class Alert(_Model):
+    """What a `gateway.*` event (the gateway's own alert) is about."""
+
+    sink: str = Field(description="The sink concerned")
+    detail: str | None = Field(None, description="What happened: the provider's answer, the reason given...")
+    delivery_id: str | None = Field(None, description="gateway.delivery.dead_lettered: the dead letter")
+    event_id: str | None = Field(None, description="gateway.delivery.dead_lettered: its event")
+
+
 class AppointmentEvent(_Model):
     """What happened to an appointment (or a customer), whichever platform reported it."""
 
@@ -134,6 +149,7 @@ class AppointmentEvent(_Model):
     cancellation: Cancellation | None = None
     validation: Validation | None = None
     completion: Completion | None = None
+    alert: Alert | None = Field(None, description="Set on the gateway's own events (gateway.*)")
 
     @property
     def ordering_key(self) -> str | None:

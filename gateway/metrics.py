@@ -80,6 +80,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode=LATEST,
         )
+        self.alerts = Counter(
+            "gateway_alerts_total",
+            "The gateway's own events (gateway.*) emitted, by type.",
+            ["type"],
+            registry=registry,
+        )
         self.rate_limit_waits = Counter(
             "gateway_rate_limit_waits_total",
             "Claims cut short because the sink's shared rate limit had no token, by sink.",

@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.alerts import Alerts
 from gateway.clock import Clock, to_datetime
 from gateway.durations import Duration
 from gateway.exceptions import GatewayError
@@ -98,7 +99,9 @@ class Operations:
         tombstones: float = 365 * 86400.0,
         wake: Callable[[Iterable[str] | None], None],
         sinks: Sequence[str] = (),
+        alerts: Alerts | None = None,
     ) -> None:
+        self.alerts = alerts
         self.sinks = list(sinks)
         """The configured sinks, in configuration order."""
         self.store = store
@@ -209,9 +212,10 @@ class Operations:
     async def pause_sink(self, sink: str, params: Pause) -> dict[str, Any]:
         """Stop every worker claiming the sink's deliveries (within a second): they wait, spending no attempt."""
         self._known_sink(sink)
-        await self.store.set_paused(
-            sink, paused=True, reason=params.reason or "paused by an operator", now=self.clock.now()
-        )
+        reason = params.reason or "paused by an operator"
+        await self.store.set_paused(sink, paused=True, reason=reason, now=self.clock.now())
+        if self.alerts is not None:
+            await self.alerts.emit("gateway.sink.paused", sink, reason)
         self.wake(None)
         return {"sink": sink, "state": "paused"}
 
@@ -219,6 +223,8 @@ class Operations:
         """Let the workers claim the sink's deliveries again, in order, from where they stopped."""
         self._known_sink(sink)
         await self.store.set_paused(sink, paused=False, reason=None, now=self.clock.now())
+        if self.alerts is not None:
+            await self.alerts.emit("gateway.sink.resumed", sink, "resumed by an operator")
         self.wake(None)
         return {"sink": sink, "state": "running"}
 

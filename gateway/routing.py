@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway._fields import annotation_at
 from gateway.events import EVENT_TYPES, AppointmentEvent
 
+ALERTS = "gateway."
+"""The gateway's own events: `*` and `appointment.*` never match them, `gateway.*` does."""
+
 Scalar = str | int | float | bool | None
 
 
@@ -60,7 +63,10 @@ class Route(BaseModel):
     def matches(self, event: AppointmentEvent, fields: dict[str, Any]) -> bool:
         if self.sources is not None and event.source not in self.sources:
             return False
-        if not any(fnmatchcase(event.type, pattern) for pattern in self.events):
+        patterns = self.events
+        if event.type.startswith(ALERTS):  # the gateway's own events go only where a route names them
+            patterns = [pattern for pattern in patterns if pattern.startswith(ALERTS)]
+        if not any(fnmatchcase(event.type, pattern) for pattern in patterns):
             return False
         for path, wanted in self.where.items():
             accepted = wanted if isinstance(wanted, list) else [wanted]

@@ -100,7 +100,7 @@ def event_context(event: AppointmentEvent, delivery: Delivery, locale: str | Non
         "event": data,
         **{
             part: data[part]
-            for part in ("appointment", "customer", "changes", "cancellation", "validation", "completion")
+            for part in ("appointment", "customer", "changes", "cancellation", "validation", "completion", "alert")
         },
         "delivery": {"id": delivery.id, "sink": delivery.sink, "attempt": delivery.attempt},
         "locale": locale,

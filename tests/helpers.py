@@ -5,6 +5,8 @@ Kept here rather than imported from one test module into another, so that each t
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import resource
@@ -16,11 +18,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+from aiosmtpd.smtp import Envelope, Session
 
 from gateway.signing import hmac_sha256_hex
 from gateway.sources.base import load_samples
@@ -173,3 +178,26 @@ def record(
         **fields,
     }
     return EventRecord(**settings)
+
+
+@dataclass
+class Mailbox:
+    """An aiosmtpd handler: keeps what it accepts, refuses the addresses and messages it is told to."""
+
+    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)
+    refuse_data: str | None = None
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str, options: Any) -> str:
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        if self.refuse_data:
+            return self.refuse_data
+        message = email.message_from_bytes(envelope.original_content or b"", policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.received.append((list(envelope.rcpt_tos), message))
+        return "250 Message accepted"

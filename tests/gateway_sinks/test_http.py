@@ -90,6 +90,7 @@ WIRE_FORMAT = {  # the documented canonical event, written out by hand so that a
     "cancellation": None,
     "validation": None,
     "completion": None,
+    "alert": None,
 }
 
 

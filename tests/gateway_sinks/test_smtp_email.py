@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-import email
-import email.policy
 import logging
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +16,10 @@ from gateway_sinks.smtp_email import SmtpEmail, SmtpOptions
 from gateway.events import AppointmentEvent
 from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
-from tests.helpers import free_port
+from tests.helpers import Mailbox, free_port
 from tests.samples import appointment_event
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler: keeps what it accepts, refuses the addresses and messages it is told to."""
-
-    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-    refuse_rcpt: dict[str, str] = field(default_factory=dict)
-    refuse_data: str | None = None
-
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str, options: Any) -> str:
-        if address in self.refuse_rcpt:
-            return self.refuse_rcpt[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
-        if self.refuse_data:
-            return self.refuse_data
-        message = email.message_from_bytes(envelope.original_content or b"", policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.received.append((list(envelope.rcpt_tos), message))
-        return "250 Message accepted"
 
 
 @pytest.fixture
