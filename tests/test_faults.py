@@ -29,6 +29,7 @@ import pytest
 from gateway.signing import hmac_sha256_hex
 from tests.conftest import MONCRENEAU_SECRET
 from tests.helpers import free_port, gateway_process, serving_children, signed, until
+from tests.peers import postgres_database
 from tests.receiver import Answer, Request, receiver
 
 pytestmark = [pytest.mark.fault, pytest.mark.anyio]
@@ -525,16 +526,28 @@ async def test_sigterm_with_an_attempt_in_flight_lets_it_finish_and_records_it(t
     assert len(crm.requests) == 1
 
 
-async def test_a_sinks_rate_limit_holds_across_two_worker_processes(tmp_path: Path) -> None:
-    """Two `worker` processes and `serve --no-worker` on one SQLite file, a sink limited to 5/s with a burst of 5,
-    a backlog of 10 s: the sink sees at most 5/s plus the burst, and about that much."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_sinks_rate_limit_holds_across_two_worker_processes(tmp_path: Path, backend: str) -> None:
+    """Two `worker` processes and `serve --no-worker` on one store, a sink limited to 5/s with a burst of 5, a
+    backlog of 10 s: the sink sees at most 5/s plus the burst, and about that much."""
+    with contextlib.ExitStack() as stack:
+        storage = None if backend == "sqlite" else stack.enter_context(postgres_database())
+        await _rate_limited_by_two_workers(tmp_path, storage)
+
+
+async def _rate_limited_by_two_workers(tmp_path: Path, storage: str | None) -> None:
     port, events, per_second, burst = free_port(), 55, 5, 5
     async with receiver() as crm:
         config = configure(tmp_path, port, crm.url)
         text = config.read_text().replace(
             "concurrency: 8,", f"concurrency: 8, rate_limit: {{per_second: {per_second}, burst: {burst}}},"
         )
+        if storage is not None:
+            text = text.replace(f"sqlite:///{tmp_path}/gateway.db", storage)
         config.write_text(text)
+        if storage is not None:
+            migrated = await anyio.run_process([sys.executable, "-m", "gateway", "-c", str(config), "migrate"])
+            assert migrated.returncode == 0
         command = [sys.executable, "-m", "gateway", "-c", str(config), "worker"]
         with (
             gateway_process(config, port, tmp_path / "serve.log", "--no-worker"),
@@ -560,7 +573,8 @@ async def test_a_sinks_rate_limit_holds_across_two_worker_processes(tmp_path: Pa
         sum(1 for moment in times if start <= moment < start + 1.0) for start in times
     )  # the most requests in any one second
     print(
-        f"\n{len(times)} deliveries in {elapsed:.2f}s by two processes: {(len(times) - burst) / elapsed:.2f}/s after "
+        f"\n{'SQLite' if storage is None else 'PostgreSQL'}: {len(times)} deliveries in {elapsed:.2f}s by two "
+        f"processes: {(len(times) - burst) / elapsed:.2f}/s after "
         f"the burst (limit {per_second}/s, burst {burst}); at most {worst} in any one second"
     )
     assert len(times) <= per_second * elapsed + burst + 1  # within the rate plus the burst (the first one is free)

@@ -159,6 +159,23 @@ async def test_a_paused_sink_is_attempted_by_no_process_and_resumes_in_order(
     assert len(twilio.requests) == 6
 
 
+async def test_a_message_kept_waiting_by_a_pause_still_expires_before_the_appointment(
+    write_config: Callable[[str], Config], twilio: Receiver
+) -> None:
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+        await gateway.app.state.operations.pause_sink("sms", Pause())
+        event_id = (await gateway.post_moncreneau(load_samples("moncreneau.json")["appointment.created"])).json()[
+            "event_id"
+        ]
+        gateway.clock.advance(24 * 86400 + 14 * 3600)  # paused until 30 minutes before the appointment
+        assert await gateway.worker.run_due() == 0
+        await gateway.app.state.operations.resume_sink("sms")
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(event_id)
+    assert (delivery.status, delivery.dead_reason, delivery.attempts) == ("dead", "expired", 1)
+    assert twilio.requests == []
+
+
 async def test_a_message_that_would_arrive_too_late_is_dead_lettered_as_expired(
     write_config: Callable[[str], Config], twilio: Receiver
 ) -> None:
