@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from gateway_sinks.sendgrid_email import SendGridEmail, SendGridOptions
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
-from tests.receiver import Answer, Receiver, receiver
+from tests.receiver import Answer, Receiver, receiver, serving
 from tests.samples import ALL_SAMPLES, appointment_event, sample_event
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +168,26 @@ async def test_an_event_without_an_email_is_a_clear_permanent_failure(fault: Rec
 def test_impossible_settings_are_refused(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SendGridOptions.model_validate({"api_key": "k", "from_email": "rdv@example.gn", **settings})
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_the_official_specs_refusals_of_the_key_are_authentication_failures(
+    sendgrid_api: str, status: int
+) -> None:
+    """Prism answers with the spec's own 401 or 403 when asked to (`Prefer: code=...`); a proxy on the way asks."""
+    async with httpx.AsyncClient(base_url=sendgrid_api) as prism:
+
+        async def asking_for_a_refusal(scope: Scope, receive: Receive, send: Send) -> None:
+            request = Request(scope, receive)
+            headers = {**request.headers, "prefer": f"code={status}"}
+            answer = await prism.request(
+                request.method, request.url.path, content=await request.body(), headers=headers
+            )
+            await Response(answer.content, answer.status_code, {"content-type": answer.headers["content-type"]})(
+                scope, receive, send
+            )
+
+        async with serving(asking_for_a_refusal) as url:
+            with anyio.fail_after(20), pytest.raises(PermanentDeliveryError) as error:
+                await deliver(url)
+    assert (error.value.reason, error.value.status_code) == ("authentication failed", status)

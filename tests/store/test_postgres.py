@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from gateway.app import create_app
+from gateway.app import build_worker, create_app
 from gateway.clock import ManualClock
 from gateway.config import Config
 from gateway.exceptions import StorageError
@@ -18,7 +18,7 @@ from gateway.routing import Target
 from gateway.sources.base import load_samples
 from gateway.store.postgres import SCHEMA_VERSION, PostgresStore
 from tests.conftest import moncreneau_request
-from tests.helpers import record
+from tests.helpers import record, until
 from tests.peers import postgres_cluster
 
 pytestmark = pytest.mark.anyio
@@ -169,3 +169,28 @@ async def test_postgresql_stopped_mid_run_is_answered_503_and_the_gateway_recove
     print(f"\nwhile down: {down.status_code} in {answered_in:.2f}s; after the restart: {answers}")
     assert down.status_code == 503 and down.json()["error"] == "storage_unavailable" and answered_in < 3
     assert answers[-1] == 202 and ready == 200
+
+
+async def test_a_pause_reaches_a_worker_on_another_connection_within_a_second(
+    migrated: str, write_config: Callable[[str], Config]
+) -> None:
+    config = write_config(
+        "sinks: {crm: {type: http, options: {url: 'http://127.0.0.1:9/'}}}\nroutes: [{sinks: [crm]}]\n"
+    )
+    here, there = PostgresStore(migrated), PostgresStore(migrated)  # as two processes would each have
+    await here.open()
+    await there.open()
+    try:
+        other = build_worker(config, there, ManualClock())
+        assert not await other._is_paused("crm")  # read, and trusted for a second
+        await here.set_paused("crm", paused=True, reason="maintenance", now=0.0)
+        paused_at = time.monotonic()
+
+        async def obeys() -> bool:
+            return await other._is_paused("crm")
+
+        await until(obeys, "the other worker to see the pause", 1.5)
+        assert time.monotonic() - paused_at <= 1.1
+    finally:
+        await here.close()
+        await there.close()
