@@ -325,6 +325,8 @@ def main() -> int:
     )
     parser.add_argument("--p99-target", type=float, default=20.0, help="milliseconds (default: 20)")
     args = parser.parse_args()
+    if args.probes < 1 and not args.rate:
+        parser.error("--probes must be at least 1 (or give --rate): the table shows the best paced load")
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     saturating = work / "saturating.tsv"
     write_requests(saturating, args.mode, args.events)
