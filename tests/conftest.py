@@ -45,8 +45,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def write_config(tmp_path: Path) -> Callable[[str], Config]:
-    """Write YAML (dedented; the sources above prepended unless it has its own) and load it."""
+def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Config]:
+    """Write YAML (dedented; the sources above prepended unless it has its own) and load it. The test runs in its
+    temporary folder, so that relative paths in the YAML (a journal) never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
 
     def write(text: str, *, with_sources: bool = True) -> Config:
         text = textwrap.dedent(text)
