@@ -135,9 +135,9 @@ class Worker:
         """Per sink, when the retries this worker scheduled fall due (a heap): it wakes for them, not at a poll."""
         self._circuits = {name: Circuit(lane.circuit) for name, lane in self.lanes.items() if lane.circuit}
         self._probes: dict[str, str] = {}
+        """Per sink whose circuit is open, the delivery claimed to probe it."""
         self._tokens_at: dict[str, float] = {}
         """Per rate-limited sink that got no token, when the next one is there (worker clock)."""
-        """Per sink whose circuit is open, the delivery claimed to probe it."""
         self._paused: dict[str, str | None] = {}
         self._paused_read_at = -PAUSES_READ_EVERY
         self._stop = anyio.Event()
@@ -182,7 +182,7 @@ class Worker:
                 watching.start_soon(self.store.watch, self.wake)
                 watching.start_soon(self._renew_leases)
                 if self.alerts is not None and self.backlog_late_after is not None:
-                    watching.start_soon(self._watch_backlogs, self.alerts, self.backlog_late_after)
+                    watching.start_soon(self._watch_backlogs, self.backlog_late_after)
                 async with anyio.create_task_group() as lanes:
                     lanes.start_soon(self._stop.wait)  # run until stopped, even with no sink to drive
                     for lane in self.lanes.values():
@@ -205,14 +205,17 @@ class Worker:
             except StorageError as error:
                 logger.error("cannot renew the leases of %d deliveries (they may expire): %s", len(held), error)
 
-    async def _watch_backlogs(self, alerts: Alerts, late_after: float) -> None:
-        """Raise gateway.sink.backlog_late for a sink whose oldest due delivery has waited longer than
-        `late_after` (checked every tenth of it, at most every minute)."""
+    async def _watch_backlogs(self, late_after: float) -> None:
+        """Check the backlogs every tenth of `late_after`, at most every minute."""
         while True:
             await anyio.sleep(min(late_after / 10, 60.0))
-            await self.check_backlogs(alerts, late_after)
+            await self.check_backlogs(late_after)
 
-    async def check_backlogs(self, alerts: Alerts, late_after: float) -> None:
+    async def check_backlogs(self, late_after: float) -> None:
+        """Raise gateway.sink.backlog_late for each sink whose oldest due delivery has waited longer than
+        `late_after`."""
+        if self.alerts is None:
+            return
         try:
             stats = await self.store.sink_stats(now=self.clock.now())
         except StorageError as error:
@@ -221,7 +224,7 @@ class Worker:
         for sink, current in stats.items():
             if sink in self.lanes and current.oldest_due_age > late_after:
                 detail = f"{current.due} deliveries due, the oldest for {current.oldest_due_age:.0f}s"
-                await alerts.emit("gateway.sink.backlog_late", sink, detail)
+                await self.alerts.emit("gateway.sink.backlog_late", sink, detail)
 
     async def run_due(self) -> int:
         """Claim and attempt, once, what is due now on every sink (up to its concurrency); return how many attempts
@@ -465,7 +468,10 @@ class Worker:
             return
         now = self.clock.now()
         until = now + (result.retry_after if result.retry_after is not None else 1 / limit.per_second)
-        await self.store.block_tokens(lane.name, until=until, now=now)
+        try:
+            await self.store.block_tokens(lane.name, until=until, now=now)
+        except StorageError as error:  # the attempt is recorded all the same; only this sink's pause is lost
+            logger.error("cannot hold sink %s back until %.0f: %s", lane.name, until, error)
 
     def _held_back(self, lane: Lane, claimed: ClaimedDelivery) -> bool:
         """Whether the sink's circuit is open and this delivery is not its probe."""
@@ -511,8 +517,11 @@ class Worker:
         """The provider refused the sink's credentials: pause the sink for every process (its deliveries wait
         rather than each failing in turn) until an operator has fixed them and resumes it."""
         reason = f"{AUTHENTICATION_FAILED}: {result.detail or ''}"[:ERROR_EXCERPT]
-        await self.store.set_paused(lane.name, paused=True, reason=reason, now=self.clock.now())
-        self._paused[lane.name] = reason
+        self._paused[lane.name] = reason  # this process stops at once, whatever the store says
+        try:
+            await self.store.set_paused(lane.name, paused=True, reason=reason, now=self.clock.now())
+        except StorageError as error:  # the attempt is recorded all the same; the next refusal pauses it again
+            logger.error("cannot pause sink %s in the store: %s", lane.name, error)
         logger.error("ALERT sink %s paused: %s; resume it once its credentials are fixed", lane.name, reason)
         if self.alerts is not None:
             await self.alerts.emit("gateway.sink.paused", lane.name, reason)

@@ -126,7 +126,7 @@ async def test_pauses_resumes_and_late_backlogs_are_alerts_too(
         await post(gateway, 1)
         assert await gateway.worker.run_due() == 2  # the journal's delivery and the pause alert; crm waits
         gateway.clock.advance(3600)
-        await gateway.worker.check_backlogs(gateway.worker.alerts, 900)  # type: ignore[arg-type]
+        await gateway.worker.check_backlogs(900)
         await operations.resume_sink("crm")
         while await gateway.worker.run_due():
             pass

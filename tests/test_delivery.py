@@ -554,3 +554,20 @@ async def test_a_sinks_rate_limit_holds_claims_and_a_retry_after_holds_the_whole
         waits = metric(gateway, "gateway_rate_limit_waits_total", sink="crm")
         leased = [(await only_delivery(gateway, event_id)).lease_owner for event_id in ids]
     assert waits >= 3 and leased == [None] * 5 and len(crm.requests) == 5
+
+
+async def test_an_attempt_is_recorded_even_when_the_store_cannot_hold_the_sink_back(
+    write_config: Callable[[str], Config], crm: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crm.script(Answer(429, {"Retry-After": "10"}))
+    limit = "rate_limit: {per_second: 1, burst: 2}, retry: {schedule: [1s]}"
+    async with running_gateway(write_config(http_sinks(crm=(crm.url, limit)))) as gateway:
+
+        async def storage_down(*args: object, **kwargs: object) -> None:
+            raise StorageError("database is locked")
+
+        monkeypatch.setattr(gateway.store, "block_tokens", storage_down)
+        event_id = await accepted(gateway, event())
+        assert await gateway.worker.run_due() == 1
+        delivery = await only_delivery(gateway, event_id)
+    assert (delivery.status, delivery.attempts, delivery.lease_owner) == ("pending", 1, None)

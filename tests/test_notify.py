@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from gateway.config import Config
+from gateway.exceptions import StorageError
 from gateway.operations import OperationError, Pause, Replay
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
@@ -131,6 +132,25 @@ async def test_refused_credentials_pause_the_sink_instead_of_dead_lettering_each
         statuses = [(await gateway.store.deliveries(e["event_id"]))[0].status for e in (first, second)]
     assert statuses == ["succeeded", "succeeded"]
     assert len(twilio.requests) == 1 + 2 + 2  # the refused one, then both numbers for each event
+
+
+async def test_a_refused_login_the_store_cannot_record_still_stops_this_process(
+    write_config: Callable[[str], Config], twilio: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = json.dumps({"code": 20003, "message": "Authenticate", "status": 401}).encode()
+    twilio.script(Answer(401, {"Content-Type": "application/json"}, refused))
+    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+
+        async def storage_down(*args: object, **kwargs: object) -> None:
+            raise StorageError("database is locked")
+
+        monkeypatch.setattr(gateway.store, "set_paused", storage_down)
+        first = (await gateway.post_moncreneau(load_samples("moncreneau.json")["appointment.created"])).json()
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(first["event_id"])
+        assert await gateway.worker.run_due() == 0  # paused in this process all the same
+    assert (delivery.status, delivery.attempts, delivery.lease_owner) == ("pending", 1, None)
+    assert len(twilio.requests) == 1
 
 
 async def test_a_paused_sink_is_attempted_by_no_process_and_resumes_in_order(
