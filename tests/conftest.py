@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from starlette.applications import Starlette
 
 from gateway.app import create_app
@@ -22,6 +23,9 @@ from gateway.plugins import plugin_manager
 from gateway.signing import hmac_sha256_hex
 from gateway.store.sqlite import SQLiteStore
 from tests.peers import postgres_database, prism
+
+if TYPE_CHECKING:
+    from tests.helpers import Mailbox
 
 MONCRENEAU_SECRET = "mc-secret-current"
 YAPP_SECRET = "yapp-secret"
@@ -115,6 +119,18 @@ async def gateway(write_config: Callable[[str], Config]) -> AsyncIterator[Runnin
     """A gateway with the ROUTED sinks, its worker driven by the test."""
     async with running_gateway(write_config(ROUTED)) as running:
         yield running
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server (aiosmtpd) on a loopback port, keeping what it accepts; yield it and its port."""
+    from tests.helpers import Mailbox, free_port  # helpers import this module
+
+    handler = Mailbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from gateway.config import Config
 from gateway.operations import DeadLetterFilter, EventFilter, Pause
@@ -15,15 +14,6 @@ from tests.helpers import Mailbox, free_port, metric
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def staff_mailbox() -> Iterator[tuple[Mailbox, int]]:
-    handler = Mailbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 @pytest.fixture
@@ -67,9 +57,9 @@ async def post(gateway: Running, n: int) -> str:
 
 
 async def test_a_circuit_opening_and_closing_is_mailed_to_the_staff_and_only_to_them(
-    write_config: Callable[[str], Config], crm: Receiver, staff_mailbox: tuple[Mailbox, int]
+    write_config: Callable[[str], Config], crm: Receiver, mailbox: tuple[Mailbox, int]
 ) -> None:
-    mailbox, port = staff_mailbox
+    handler, port = mailbox
     crm.default = Answer(503)
     async with running_gateway(write_config(alerting(crm.url, port))) as gateway:
         for n in range(3):
@@ -87,10 +77,10 @@ async def test_a_circuit_opening_and_closing_is_mailed_to_the_staff_and_only_to_
         ]
         routed = {sink for e in alerts for sink in e["deliveries"]}
         emitted = metric(gateway, "gateway_alerts_total", type="gateway.sink.circuit_opened")
-    subjects = [message["Subject"] for _, message in mailbox.received]
+    subjects = [message["Subject"] for _, message in handler.received]
     assert subjects == ["Gateway alert: sink crm is failing", "Gateway: sink crm works again"]
-    assert [recipients for recipients, _ in mailbox.received] == [["ops@example.gn"]] * 2
-    assert "2 failures in a row, the last:" in mailbox.received[0][1].get_content()
+    assert [recipients for recipients, _ in handler.received] == [["ops@example.gn"]] * 2
+    assert "2 failures in a row, the last:" in handler.received[0][1].get_content()
     assert emitted == 1
     assert len(alerts) == 2 and routed == {"staff"}  # `*` routes never take the gateway's events
 
@@ -117,9 +107,9 @@ async def test_alerts_are_debounced_and_a_failing_alert_raises_no_alert(
 
 
 async def test_pauses_resumes_and_late_backlogs_are_alerts_too(
-    write_config: Callable[[str], Config], crm: Receiver, staff_mailbox: tuple[Mailbox, int]
+    write_config: Callable[[str], Config], crm: Receiver, mailbox: tuple[Mailbox, int]
 ) -> None:
-    mailbox, port = staff_mailbox
+    handler, port = mailbox
     async with running_gateway(write_config(alerting(crm.url, port, debounce="0s"))) as gateway:
         operations = gateway.app.state.operations
         await operations.pause_sink("crm", Pause(reason="CRM upgrade"))
@@ -130,11 +120,11 @@ async def test_pauses_resumes_and_late_backlogs_are_alerts_too(
         await operations.resume_sink("crm")
         while await gateway.worker.run_due():
             pass
-    subjects = [message["Subject"] for _, message in mailbox.received]
+    subjects = [message["Subject"] for _, message in handler.received]
     assert subjects == [
         "Gateway alert: sink crm is paused",
         "Gateway alert: sink crm is late",
         "Gateway: sink crm was resumed",
     ]
-    assert "CRM upgrade" in mailbox.received[0][1].get_content()
-    assert "1 deliveries due, the oldest for 3600s" in mailbox.received[1][1].get_content()
+    assert "CRM upgrade" in handler.received[0][1].get_content()
+    assert "1 deliveries due, the oldest for 3600s" in handler.received[1][1].get_content()

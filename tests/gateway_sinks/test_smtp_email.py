@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,6 @@ from tests.helpers import Mailbox, free_port
 from tests.samples import appointment_event
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    handler = Mailbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 async def deliver(
