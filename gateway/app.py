@@ -41,6 +41,9 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
             timeout=settings.sinks[name].timeout,
             circuit=settings.sinks[name].circuit,
             rate_limit=settings.sinks[name].rate_limit,
+            quiet_hours=settings.sinks[name].quiet_hours,
+            fallback=settings.sinks[name].fallback,
+            skip_no_recipient=settings.sinks[name].on_no_recipient == "skip",
         )
         for name, sink in config.sinks.items()
     }
@@ -59,6 +62,16 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
     )
     alerts.on_stored = worker.wake
     return worker
+
+
+def withdrawing(config: Config) -> list[str]:
+    """The sinks whose stale messages are withdrawn: as `supersede` says, else as the sink's kind does."""
+    return [
+        name
+        for name, sink in config.sinks.items()
+        if (config.settings.sinks[name].supersede is None and sink.withdraws_stale)
+        or config.settings.sinks[name].supersede
+    ]
 
 
 def build_operations(config: Config, store: Store, clock: Clock, worker: Worker) -> Operations:
@@ -171,7 +184,13 @@ def create_app(
     worker = build_worker(config, store, clock, metrics)
     operations = build_operations(config, store, clock, worker)
     ingest = Ingest(
-        config.sources, Router(config.settings.routes), store, clock=clock, metrics=metrics, on_stored=worker.wake
+        config.sources,
+        Router(config.settings.routes),
+        store,
+        clock=clock,
+        metrics=metrics,
+        on_stored=worker.wake,
+        withdrawing=withdrawing(config),
     )
     server = config.settings.server
     guards = {

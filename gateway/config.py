@@ -21,6 +21,7 @@ from gateway.durations import Duration
 from gateway.exceptions import ConfigError
 from gateway.ingress import RateLimit
 from gateway.plugins import sink_types, source_types
+from gateway.quiet_hours import QuietHours
 from gateway.retry import RetryPolicy
 from gateway.routing import Route
 from gateway.sinks import Sink, SinkOptions
@@ -145,6 +146,20 @@ class SinkConfig(_Strict):
     circuit: CircuitPolicy | None = Field(
         None, description="{failures, within, probe_every}: stop using a failing sink, probe it until it recovers"
     )
+    supersede: bool | None = Field(
+        None,
+        description="Withdraw a message still waiting when a later event of its appointment makes it stale "
+        "(default: yes for messaging sinks, no for http and calendars, which get every event in order)",
+    )
+    quiet_hours: QuietHours | None = Field(
+        None, description='{from: "21:00", to: "08:00"}: messages due inside wait until they end (appointment\'s zone)'
+    )
+    fallback: str | None = Field(
+        None, description="Another sink that sends the message when this one cannot reach the recipient"
+    )
+    on_no_recipient: Literal["skip", "dead_letter"] = Field(
+        "skip", description="An event without the phone or email the message needs: skipped, or a dead letter"
+    )
 
 
 class GatewayConfig(_Strict):
@@ -185,7 +200,7 @@ def load_config(path: str | Path, manager: pluggy.PluginManager) -> Config:
     context = {"config_dir": path.parent}
     sources = _build_sources(settings, source_types(manager), problems, context)
     sinks = _build_sinks(settings, sink_types(manager), problems, context)
-    problems += _check_routes(settings)
+    problems += _check_routes(settings) + _check_fallbacks(settings)
     if (exposed := admin_exposure(settings.admin, settings.server)) is not None:
         problems.append(exposed)
     if problems:
@@ -367,6 +382,26 @@ def _validate_options(
     except ValidationError as error:
         problems.extend(_problems(error, model, where))
         return None
+
+
+def _check_fallbacks(settings: GatewayConfig) -> list[str]:
+    """Each fallback names another configured sink, and following them never comes back to where it began."""
+    problems = []
+    for name, sink in settings.sinks.items():
+        if sink.fallback is None:
+            continue
+        where = f"sinks.{name}.fallback"
+        if sink.fallback not in settings.sinks:
+            problems.append(f"{where}: no sink named {sink.fallback!r}; sinks: {', '.join(settings.sinks)}")
+            continue
+        seen: list[str] = [name]
+        current: str | None = sink.fallback
+        while current is not None and current in settings.sinks and current not in seen:
+            seen.append(current)
+            current = settings.sinks[current].fallback
+        if current == name:
+            problems.append(f"{where}: fallbacks go round in a circle ({' -> '.join([*seen, name])}); break it")
+    return problems
 
 
 def _check_routes(settings: GatewayConfig) -> list[str]:

@@ -7,7 +7,6 @@ The worker talks to the store through its protocol and never writes SQL.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import logging
 import random
@@ -21,13 +20,22 @@ from pydantic import ValidationError
 
 from gateway.alerts import Alerts, is_alert
 from gateway.circuit import Circuit, CircuitPolicy, State
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SystemClock, to_datetime
 from gateway.events import STORED, AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError, StorageError
+from gateway.exceptions import (
+    NO_RECIPIENT,
+    RECIPIENT_REASONS,
+    SKIP_REASONS,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StorageError,
+)
 from gateway.ingress import RateLimit
 from gateway.leases import is_gone, owner_id
 from gateway.logs import redact
 from gateway.metrics import Metrics
+from gateway.quiet_hours import QuietHours
+from gateway.reminders import reminder_event
 from gateway.retry import GiveUp, RetryPolicy, after_failure
 from gateway.sinks import Delivery, Sink
 from gateway.store.base import AttemptRecord, ClaimedDelivery, Outcome, Store, Transition
@@ -50,6 +58,11 @@ class Lane:
     timeout: float
     circuit: CircuitPolicy | None = None
     rate_limit: RateLimit | None = None
+    quiet_hours: QuietHours | None = None
+    fallback: str | None = None
+    """The sink that sends a message this one cannot deliver for a recipient reason (RECIPIENT_REASONS)."""
+    skip_no_recipient: bool = True
+    """An event without the recipient the message needs is skipped (on_no_recipient: skip), not a dead letter."""
 
     @property
     def name(self) -> str:
@@ -131,8 +144,9 @@ class Worker:
         self._more_due = dict.fromkeys(self.lanes, False)
         """Per sink, whether its last claim was cut short by the limit (more may be due than it took)."""
         self._wakeups = {name: anyio.Event() for name in self.lanes}
-        self._retries: dict[str, list[float]] = {name: [] for name in self.lanes}
-        """Per sink, when the retries this worker scheduled fall due (a heap): it wakes for them, not at a poll."""
+        self._next_due: dict[str, float | None] = dict.fromkeys(self.lanes)
+        """Per sink, when its earliest waiting delivery falls due (reminders, retries), as the store said when the
+        last claim found nothing due: the lane sleeps until then, not a poll."""
         self._circuits = {name: Circuit(lane.circuit) for name, lane in self.lanes.items() if lane.circuit}
         self._probes: dict[str, str] = {}
         """Per sink whose circuit is open, the delivery claimed to probe it."""
@@ -247,18 +261,17 @@ class Worker:
             attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
 
     def _until_next_look(self, sink: str) -> float:
-        """Seconds until the earliest retry this worker scheduled for the sink falls due, at most a poll (and, for
-        a paused sink, at most until the pauses are read again)."""
-        retries, now = self._retries[sink], self.clock.now()
-        while retries and retries[0] <= now:
-            heapq.heappop(retries)  # due by now: the claim just made took it, or an earlier one still holds it back
+        """Seconds until the sink's earliest waiting delivery falls due, at most a poll (and, for a paused sink, at
+        most until the pauses are read again)."""
+        now, next_due = self.clock.now(), self._next_due[sink]
         limit = min(self.poll_interval, PAUSES_READ_EVERY) if sink in self._paused else self.poll_interval
         circuit = self._circuits.get(sink)
         if circuit is not None and circuit.state is State.OPEN:
             limit = min(limit, max(0.0, circuit.next_probe_at - now))
         if sink in self._tokens_at:
             limit = min(limit, max(0.0, self._tokens_at[sink] - now))
-        return min(limit, retries[0] - now) if retries else limit
+        # a time gone by was taken by a claim since, or is held back (same appointment, other worker): poll
+        return min(limit, next_due - now) if next_due is not None and next_due > now else limit
 
     async def _is_paused(self, sink: str) -> bool:
         """Whether the sink is paused, as read from the store at most PAUSES_READ_EVERY seconds ago."""
@@ -291,6 +304,8 @@ class Worker:
         if lane.rate_limit is not None and claimed:
             claimed = await self._with_tokens(lane, claimed, now)
         self._more_due[lane.name] = len(claimed) == free
+        if not claimed:
+            await self._look_ahead(lane.name, now)
         if circuit is not None and allowance is not None:
             if claimed:
                 self._probes[lane.name] = claimed[0].id
@@ -303,6 +318,14 @@ class Worker:
             attempts.start_soon(self._attempt, lane, delivery)
         return len(claimed)
 
+    async def _look_ahead(self, sink: str, now: float) -> None:
+        """Nothing is due: learn when something next is, to sleep until then (one index lookup)."""
+        try:
+            self._next_due[sink] = await self.store.next_due(sink, after=now)
+        except StorageError as error:
+            logger.error("cannot read when sink %s next has a delivery due (polling): %s", sink, error)
+            self._next_due[sink] = None
+
     async def _attempt(self, lane: Lane, claimed: ClaimedDelivery) -> None:
         """Deliver in one of the sink's slots, then record the attempt; the lane claims more as soon as the sink has
         answered, while the record waits for its commit (the delivery stays leased until then)."""
@@ -311,6 +334,8 @@ class Worker:
             async with self._slots[lane.name]:
                 if self._held_back(lane, claimed):
                     await self._release(claimed)  # claimed ahead before the circuit opened: it waits, unspent
+                    return
+                if lane.quiet_hours is not None and await self._kept_quiet(lane, lane.quiet_hours, claimed):
                     return
                 started_at = self.clock.now()
                 began = time.perf_counter()
@@ -329,11 +354,18 @@ class Worker:
             if transition.status == "dead":
                 self.metrics.dead_lettered.labels(lane.name).inc()
                 logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)
-            await self.store.record_attempt(claimed.id, self.owner, attempt, transition, now=self.clock.now())
+            elif transition.status == "skipped":
+                self.metrics.withheld.labels(lane.name, "skipped", transition.dead_reason).inc()
+            fallback = (
+                lane.fallback if result.outcome == "permanent" and result.dead_reason in RECIPIENT_REASONS else None
+            )
+            await self.store.record_attempt(
+                claimed.id, self.owner, attempt, transition, now=self.clock.now(), fallback=fallback
+            )
+            if fallback is not None:
+                self.wake([fallback])
             if transition.status == "dead":
                 await self._alert_dead_letter(lane, claimed, transition)
-            if transition.next_attempt_at is not None:
-                heapq.heappush(self._retries[lane.name], transition.next_attempt_at)
         except StorageError as error:
             logger.error("cannot record attempt %d of delivery %s (it will be retried): %s", number, claimed.id, error)
         except Exception:
@@ -355,9 +387,40 @@ class Worker:
             if self._more_due[lane.name]:
                 self.wake([lane.name])
 
+    async def _kept_quiet(self, lane: Lane, quiet: QuietHours, claimed: ClaimedDelivery) -> bool:
+        """Whether the sink's quiet hours hold the delivery back, spending no attempt: postponed to their end, or
+        skipped when that end is past the latest time its message is worth sending."""
+        try:
+            event = self._event(claimed)
+        except ValidationError:
+            return False  # the attempt reports it
+        now = self.clock.now()
+        end = quiet.end(now, event.appointment.timezone if event.appointment else None)
+        if end is None:
+            return False
+        latest = lane.sink.send_by(event)
+        if latest is not None and end > latest.timestamp():
+            transition = Transition("skipped", dead_reason="quiet hours")
+            note = f"quiet hours end at {_iso(end)}, later than the message is worth sending ({latest.isoformat()})"
+            self.metrics.withheld.labels(lane.name, "skipped", "quiet hours").inc()
+        else:
+            transition = Transition("pending", next_attempt_at=end)
+            note = f"quiet hours: waits until {_iso(end)}"
+        logger.info("delivery %s to %s: %s", claimed.id, lane.name, note)
+        await self.store.settle(claimed.id, self.owner, transition, note=note, now=now)
+        return True
+
+    def _event(self, claimed: ClaimedDelivery) -> AppointmentEvent:
+        """The event to deliver: the stored one, or for a reminder, the reminder of the appointment it carries."""
+        event = AppointmentEvent.model_validate_json(claimed.canonical, context=STORED)
+        if claimed.reminder is None:
+            return event
+        due_at = claimed.due_at if claimed.due_at is not None else self.clock.now()
+        return reminder_event(event, delivery_id=claimed.id, before=claimed.reminder, due_at=due_at)
+
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
         try:
-            event = AppointmentEvent.model_validate_json(claimed.canonical, context=STORED)
+            event = self._event(claimed)
         except ValidationError as error:  # stored by another version, or damaged: trying again cannot help
             detail = _excerpt(error, "the stored event cannot be read: ")
             return _Result("permanent", detail=detail, dead_reason="unreadable event")
@@ -396,7 +459,12 @@ class Worker:
         if result.outcome == "permanent" and result.dead_reason == AUTHENTICATION_FAILED:
             return Transition("pending", next_attempt_at=self.clock.now())  # waits for the sink to be resumed
         if result.outcome == "permanent":
-            return Transition("dead", dead_reason=result.dead_reason)
+            reason = result.dead_reason
+            if lane.fallback is not None and reason in RECIPIENT_REASONS:
+                return Transition("skipped", dead_reason=f"{reason}; sent through {lane.fallback}")
+            if reason in SKIP_REASONS or (reason == NO_RECIPIENT and lane.skip_no_recipient):
+                return Transition("skipped", dead_reason=reason)
+            return Transition("dead", dead_reason=reason)
         decision = after_failure(
             lane.retry,
             attempts=number - claimed.attempts_before,
@@ -531,6 +599,10 @@ class Worker:
             await self.store.release([claimed.id], self.owner)
         except StorageError as error:
             logger.error("cannot release delivery %s (its lease will expire): %s", claimed.id, error)
+
+
+def _iso(timestamp: float) -> str:
+    return to_datetime(timestamp).isoformat(timespec="seconds")
 
 
 def _excerpt(error: BaseException, prefix: str = "") -> str:

@@ -17,6 +17,7 @@ EventType = Literal[
     "appointment.cancelled",
     "appointment.validated",
     "appointment.completed",
+    "appointment.reminder",
     "customer.updated",
     "gateway.sink.circuit_opened",
     "gateway.sink.circuit_closed",
@@ -26,6 +27,8 @@ EventType = Literal[
     "gateway.sink.backlog_late",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+REMINDER = "appointment.reminder"
+"""Made by the gateway from a route's `reminders`, never received from a provider."""
 STORED = {"stored": True}
 """Validation context for an event read back from the store, cleaned when it was received."""
 
@@ -131,6 +134,14 @@ class Alert(_Model):
     event_id: str | None = Field(None, description="gateway.delivery.dead_lettered: its event")
 
 
+class Reminder(_Model):
+    """What an `appointment.reminder` is: a message due some time before the appointment, scheduled by a route."""
+
+    before_seconds: float = Field(description="How long before the start it is due (the route's `reminders`)")
+    due_at: AwareDatetime = Field(description="When it was due")
+    event_id: str = Field(description="The event whose state of the appointment it carries: the latest")
+
+
 class AppointmentEvent(_Model):
     """What happened to an appointment (or a customer), whichever platform reported it."""
 
@@ -150,6 +161,7 @@ class AppointmentEvent(_Model):
     validation: Validation | None = None
     completion: Completion | None = None
     alert: Alert | None = Field(None, description="Set on the gateway's own events (gateway.*)")
+    reminder: Reminder | None = Field(None, description="Set on appointment.reminder")
 
     @property
     def ordering_key(self) -> str | None:

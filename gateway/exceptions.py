@@ -19,9 +19,19 @@ class DeliveryError(GatewayError):
         self.status_code = status_code
 
 
+NO_RECIPIENT = "no recipient"
+"""The event lacks the phone or email the message needs: skipped, unless the sink's on_no_recipient says otherwise."""
+RECIPIENT_REASONS = frozenset({NO_RECIPIENT, "bad recipient", "unsubscribed"})
+"""Reasons that concern the recipient, not the sink: a sink's `fallback` sends the message instead."""
+SKIP_REASONS = frozenset({"expired"})
+"""Reasons that are no failure: the delivery is recorded as skipped, never a dead letter."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """Trying again cannot succeed (bad request, refused recipient): the delivery goes to the dead letters,
-    with `reason` as its dead-letter reason."""
+    with `reason` as its dead-letter reason. Recipient reasons (RECIPIENT_REASONS: `no recipient`,
+    `bad recipient`, `unsubscribed`) go to the sink's fallback when it has one; `no recipient` and `expired` are
+    skipped rather than dead-lettered."""
 
     def __init__(self, message: str, *, status_code: int | None = None, reason: str = "permanent error") -> None:
         super().__init__(message, status_code=status_code)

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from gateway.cleaning import may_hold_surrogates, without_surrogates
 from gateway.clock import Clock, to_datetime
 from gateway.exceptions import WebhookRejected
 from gateway.metrics import Metrics
+from gateway.reminders import follow_up
 from gateway.routing import Router
 from gateway.sources.base import Source
 from gateway.store.base import EventRecord, Store
@@ -37,7 +38,10 @@ class Ingest:
         clock: Clock,
         metrics: Metrics,
         on_stored: Callable[[Iterable[str]], None] = lambda sinks: None,
+        withdrawing: Collection[str] = (),
     ) -> None:
+        self.withdrawing = frozenset(withdrawing)
+        """The sinks whose waiting messages a later event of the same appointment withdraws (`supersede`)."""
         self.sources = sources
         self.router = router
         self.store = store
@@ -76,7 +80,12 @@ class Ingest:
             else None,
         )
         stale = source.options.stale_after is not None and record.occurred_at < received_at - source.options.stale_after
-        stored = await self.store.ingest(record, targets, skipped="stale" if stale else None)
+        plan = None
+        if event is not None and not stale:
+            plan = follow_up(event, targets, self.router, self.withdrawing, now=received_at)
+        stored = await self.store.ingest(record, targets, skipped="stale" if stale else None, follow_up=plan)
+        for withheld in stored.withheld:
+            self.metrics.withheld.labels(withheld.sink, withheld.status, withheld.reason).inc()
         outcome = (
             "duplicate" if stored.duplicate else "stale" if stale else "accepted" if event is not None else "unmapped"
         )

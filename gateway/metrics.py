@@ -45,6 +45,13 @@ class Metrics:
             ["sink"],
             registry=registry,
         )
+        self.withheld = Counter(
+            "gateway_deliveries_withheld",
+            "Deliveries skipped (too late, quiet hours, no recipient...) or superseded (withdrawn as stale) by this "
+            "process, by sink, status and reason; never dead letters.",
+            ["sink", "status", "reason"],
+            registry=registry,
+        )
         self.attempt_seconds = Histogram(
             "gateway_attempt_duration_seconds",
             "How long delivery attempts take, by sink.",

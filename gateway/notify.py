@@ -13,20 +13,22 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from pydantic import Field, field_validator
 
 from gateway.durations import Duration
-from gateway.events import AppointmentEvent
+from gateway.events import REMINDER, AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError
 from gateway.messages import Kind, Message, Messages, TemplateText, check_event_types
 from gateway.routing import known_locale
 from gateway.sinks import Delivery, Receipt, Sink, SinkOptions
 
 logger = logging.getLogger(__name__)
-BEFORE_THE_APPOINTMENT = frozenset({"appointment.created", "appointment.updated", "appointment.cancelled"})
+BEFORE_THE_APPOINTMENT = frozenset(
+    {"appointment.created", "appointment.updated", "appointment.cancelled", "appointment.reminder"}
+)
 
 
 class NotifyOptions(SinkOptions):
@@ -36,8 +38,8 @@ class NotifyOptions(SinkOptions):
     )
     expire_before_start: Duration | None = Field(
         None,
-        description="Dead-letter (reason 'expired') a created/updated/cancelled message that would be sent later "
-        "than this before the appointment starts; 0s = at the start",
+        description="Skip (reason 'expired') a created/updated/cancelled message or a reminder that would be sent "
+        "later than this before the appointment starts; 0s = at the start",
     )
 
     @field_validator("locale")
@@ -55,6 +57,7 @@ class NotifyOptions(SinkOptions):
 class NotificationSink(Sink):
     kind: ClassVar[Kind]
     options: NotifyOptions
+    withdraws_stale = True
 
     def __init__(self, name: str, options: NotifyOptions, *, timeout: float) -> None:
         super().__init__(name, options, timeout=timeout)
@@ -106,15 +109,23 @@ class NotificationSink(Sink):
             problems += [f"{where}: {warning}" for warning in self.check_message(event, message)]
         return problems
 
-    def _refuse_if_expired(self, event: AppointmentEvent, delivery: Delivery) -> None:
-        margin = self.options.expire_before_start
+    def send_by(self, event: AppointmentEvent) -> datetime | None:
+        """A message before the appointment is worth sending until it starts, less expire_before_start."""
         starts_at = event.appointment.starts_at if event.appointment else None
-        if margin is None or starts_at is None or event.type not in BEFORE_THE_APPOINTMENT:
+        if starts_at is None or event.type not in BEFORE_THE_APPOINTMENT:
+            return None
+        return starts_at - timedelta(seconds=self.options.expire_before_start or 0)
+
+    def _refuse_if_expired(self, event: AppointmentEvent, delivery: Delivery) -> None:
+        """Skip (reason `expired`) a message later than send_by: with expire_before_start set, and for reminders
+        (one after the start is no reminder) always."""
+        latest = self.send_by(event)
+        if latest is None or (self.options.expire_before_start is None and event.type != REMINDER):
             return
-        if delivery.attempted_at > starts_at.timestamp() - margin:
-            when = datetime.fromtimestamp(delivery.attempted_at, starts_at.tzinfo).isoformat(timespec="seconds")
+        if delivery.attempted_at > latest.timestamp():
+            when = datetime.fromtimestamp(delivery.attempted_at, latest.tzinfo).isoformat(timespec="seconds")
             raise PermanentDeliveryError(
-                f"expired: the appointment starts at {starts_at.isoformat()}; sending at {when} is later than "
-                f"{margin:g}s before it (expire_before_start)",
+                f"expired: sending at {when} is later than {latest.isoformat()}, "
+                f"{self.options.expire_before_start or 0:g}s before the appointment starts (expire_before_start)",
                 reason="expired",
             )

@@ -8,13 +8,16 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from babel import Locale, UnknownLocaleError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway._fields import annotation_at
-from gateway.events import EVENT_TYPES, AppointmentEvent
+from gateway.durations import Duration
+from gateway.events import EVENT_TYPES, REMINDER, AppointmentEvent
 
 ALERTS = "gateway."
 """The gateway's own events: `*` and `appointment.*` never match them, `gateway.*` does."""
+SCHEDULING = ("appointment.created", "appointment.updated")
+"""The events whose appointment a route's reminders follow."""
 
 Scalar = str | int | float | bool | None
 
@@ -33,6 +36,14 @@ class Route(BaseModel):
     )
     sinks: list[str] = Field(min_length=1)
     locale: str | None = Field(None, description="Language of the messages this route sends (fr, en...)")
+    reminders: list[Duration] = Field(
+        default_factory=list,
+        description="Reminders to schedule before appointment.starts_at (e.g. [24h, 2h]), following reschedules "
+        "and withdrawn on cancellation",
+    )
+    reminder_grace: Duration = Field(
+        600.0, description="A reminder whose time passed less than this ago when it is scheduled is still sent"
+    )
 
     @field_validator("sources")
     @classmethod
@@ -46,6 +57,23 @@ class Route(BaseModel):
             if not any(fnmatchcase(known, pattern) for known in EVENT_TYPES):
                 raise ValueError(f"{pattern!r} matches no event type; known: {', '.join(EVENT_TYPES)}")
         return patterns
+
+    @field_validator("events")
+    @classmethod
+    def _not_reminders(cls, patterns: list[str]) -> list[str]:
+        if REMINDER in patterns:
+            raise ValueError(f"{REMINDER} is made by the gateway, never received; schedule it with `reminders: [24h]`")
+        return patterns
+
+    @model_validator(mode="after")
+    def _reminders_follow_the_appointment(self) -> Route:
+        if self.reminders and not all(any(fnmatchcase(t, p) for p in self.events) for t in SCHEDULING):
+            raise ValueError(
+                "a route with reminders must match appointment.created and appointment.updated (add them to "
+                "`events`): the latest event of an appointment decides its reminders, and an update no such route "
+                "matched would withdraw them"
+            )
+        return self
 
     @field_validator("where")
     @classmethod
@@ -83,10 +111,21 @@ class Target:
     locale: str | None = None
 
 
+@dataclass(frozen=True)
+class ReminderTarget:
+    """A reminder a route schedules: to `sink`, `before` seconds before the start, unless later than `grace`."""
+
+    sink: str
+    locale: str | None
+    before: float
+    grace: float
+
+
 class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
         self._reads_fields = any(route.where for route in self.routes)
+        self.schedules_reminders = any(route.reminders for route in self.routes)
 
     def targets(self, event: AppointmentEvent) -> list[Target]:
         """Every sink named by a matching route, once each, in the order the routes name them; the first route
@@ -98,6 +137,20 @@ class Router:
                 for sink in route.sinks:
                     targets.setdefault(sink, Target(sink, route.locale))
         return list(targets.values())
+
+    def reminders(self, event: AppointmentEvent) -> list[ReminderTarget]:
+        """The reminders of every matching route, once per sink and time before the start, the first route
+        naming them deciding their locale and grace."""
+        fields = event.model_dump(mode="json", by_alias=True) if self._reads_fields else {}
+        found: dict[tuple[str, float], ReminderTarget] = {}
+        for route in self.routes:
+            if route.reminders and route.matches(event, fields):
+                for sink in route.sinks:
+                    for before in route.reminders:
+                        found.setdefault(
+                            (sink, before), ReminderTarget(sink, route.locale, before, route.reminder_grace)
+                        )
+        return list(found.values())
 
 
 def known_locale(locale: str) -> str:

@@ -9,6 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import ClassVar, Protocol
 
@@ -104,6 +105,10 @@ class Receipt:
 class Sink(ABC):
     type_name: ClassVar[str]
     Options: ClassVar[type[SinkOptions]] = SinkOptions
+    withdraws_stale: ClassVar[bool] = False
+    """Whether, unless its configuration's `supersede` says otherwise, a message still waiting for this sink is
+    withdrawn when a later event of its appointment makes it stale (messages to people); False: every event is
+    delivered, in order (records, calendars)."""
 
     def __init__(self, name: str, options: SinkOptions, *, timeout: float) -> None:
         self.name = name
@@ -119,6 +124,11 @@ class Sink(ABC):
     @abstractmethod
     async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
         """Deliver, or raise PermanentDeliveryError / RetryableDeliveryError; any other error is retried."""
+
+    def send_by(self, event: AppointmentEvent) -> datetime | None:
+        """The latest time this event is still worth delivering (quiet hours skip it rather than wait past it);
+        None, the default: any time."""
+        return None
 
     def routes(self, state: SinkState) -> list[BaseRoute]:
         """HTTP routes the sink serves from the gateway (e.g. a calendar feed), given its state; none by default."""

@@ -285,11 +285,11 @@ def test_migrate_brings_a_postgresql_schema_up_to_date_and_serve_refuses_one_beh
     with gateway_process(config, "serve", "--port", str(free_port())) as server:
         output, _ = server.communicate(timeout=30)
     assert server.returncode != 0
-    assert "the schema is at version 0, this gateway needs 4; run `appointment-gateway migrate`" in output
+    assert "the schema is at version 0, this gateway needs 5; run `appointment-gateway migrate`" in output
     assert main(["-c", str(config), "migrate"]) == 0
     assert (
-        "applied: 0001_initial.sql, 0002_purged_events.sql, 0003_sink_controls.sql, 0004_sink_buckets.sql"
-        in capsys.readouterr().out
+        "applied: 0001_initial.sql, 0002_purged_events.sql, 0003_sink_controls.sql, 0004_sink_buckets.sql, "
+        "0005_reminders.sql" in capsys.readouterr().out
     )
     assert main(["-c", str(config), "migrate"]) == 0
     assert "the schema is up to date" in capsys.readouterr().out

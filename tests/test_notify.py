@@ -123,15 +123,20 @@ async def test_refused_credentials_pause_the_sink_instead_of_dead_lettering_each
         assert await gateway.worker.run_due() == 0  # paused: nothing attempted, no retry spent
         (sms,) = (await operations.list_sinks())["sinks"]
         (waiting,) = await gateway.store.deliveries(first["event_id"])
-        assert (sms["state"], sms["queue_depth"], sms["dead_letters"]) == ("paused", 2, 0)
+        assert (sms["state"], sms["queue_depth"], sms["dead_letters"]) == ("paused", 1, 0)
         assert sms["paused_because"].startswith("authentication failed: Twilio refused the credentials: HTTP 401")
-        assert (waiting.status, waiting.attempts) == ("pending", 1)
+        # the confirmation still waiting is stale once the appointment is cancelled: withdrawn, not a dead letter
+        assert (waiting.status, waiting.dead_reason, waiting.attempts) == (
+            "superseded",
+            "superseded by appointment.cancelled",
+            1,
+        )
         await operations.resume_sink("sms")  # the credentials were fixed
-        assert await gateway.worker.run_due() == 1  # in order: the appointment's creation first
         assert await gateway.worker.run_due() == 1
+        assert await gateway.worker.run_due() == 0
         statuses = [(await gateway.store.deliveries(e["event_id"]))[0].status for e in (first, second)]
-    assert statuses == ["succeeded", "succeeded"]
-    assert len(twilio.requests) == 1 + 2 + 2  # the refused one, then both numbers for each event
+    assert statuses == ["superseded", "succeeded"]
+    assert len(twilio.requests) == 1 + 2  # the refused one, then both numbers for the cancellation
 
 
 async def test_a_refused_login_the_store_cannot_record_still_stops_this_process(
@@ -156,7 +161,8 @@ async def test_a_refused_login_the_store_cannot_record_still_stops_this_process(
 async def test_a_paused_sink_is_attempted_by_no_process_and_resumes_in_order(
     write_config: Callable[[str], Config], twilio: Receiver
 ) -> None:
-    async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
+    every_message = SMS.replace("    retry:", "    supersede: false\n    retry:")
+    async with running_gateway(write_config(every_message.format(url=twilio.url))) as gateway:
         operations = gateway.app.state.operations
         assert await operations.pause_sink("sms", Pause(reason="provider maintenance")) == {
             "sink": "sms",
@@ -192,11 +198,11 @@ async def test_a_message_kept_waiting_by_a_pause_still_expires_before_the_appoin
         await gateway.app.state.operations.resume_sink("sms")
         assert await gateway.worker.run_due() == 1
         (delivery,) = await gateway.store.deliveries(event_id)
-    assert (delivery.status, delivery.dead_reason, delivery.attempts) == ("dead", "expired", 1)
+    assert (delivery.status, delivery.dead_reason, delivery.attempts) == ("skipped", "expired", 1)
     assert twilio.requests == []
 
 
-async def test_a_message_that_would_arrive_too_late_is_dead_lettered_as_expired(
+async def test_a_message_that_would_arrive_too_late_is_skipped_as_expired(
     write_config: Callable[[str], Config], twilio: Receiver
 ) -> None:
     async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
@@ -207,5 +213,5 @@ async def test_a_message_that_would_arrive_too_late_is_dead_lettered_as_expired(
         ]
         assert await gateway.worker.run_due() == 1
         (delivery,) = await gateway.store.deliveries(event_id)
-    assert (delivery.status, delivery.dead_reason) == ("dead", "expired")
+    assert (delivery.status, delivery.dead_reason) == ("skipped", "expired")
     assert twilio.requests == []

@@ -12,7 +12,9 @@ from gateway.store.buckets import Taken
 if TYPE_CHECKING:
     from gateway.store.queries import DeadLetterQuery, EventQuery
 
-DeliveryStatus = Literal["pending", "succeeded", "dead", "discarded", "skipped"]
+DeliveryStatus = Literal["pending", "succeeded", "dead", "discarded", "skipped", "superseded"]
+"""`skipped`: never attempted, or given up for a reason that is no failure (too late, quiet hours, no recipient);
+`superseded`: withdrawn because a later event of its appointment made it stale. Neither is a dead letter."""
 Outcome = Literal["succeeded", "retryable", "permanent"]
 """An attempt's result: delivered, failed in a way that may pass, or failed for good."""
 
@@ -39,9 +41,47 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class Withheld:
+    """A delivery the ingest did not leave pending: created skipped or superseded, or withdrawn from before."""
+
+    sink: str
+    status: DeliveryStatus
+    reason: str
+
+
+@dataclass(frozen=True)
 class Ingested:
     event_id: str
     duplicate: bool
+    withheld: tuple[Withheld, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScheduledReminder:
+    """A reminder to schedule: a delivery to `sink` due `before` seconds before the appointment starts."""
+
+    sink: str
+    locale: str | None
+    before: float
+    due_at: float
+    skipped: str | None = None
+    """Why it is created skipped (too late) rather than pending."""
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What a new event of an appointment does to the messages still waiting for it, unless an event of the same
+    appointment with a later provider time came first (then it changes nothing, and its own deliveries to the
+    `late_superseded` sinks are created superseded)."""
+
+    reminders: tuple[ScheduledReminder, ...] = ()
+    """They replace the appointment's pending reminders (one already due at the same time is kept, and from now on
+    reads this event); the others are withdrawn for `reason`."""
+    reason: str = "rescheduled"
+    supersede: frozenset[str] = frozenset()
+    """Sinks whose pending messages of earlier events of the appointment are withdrawn (cancellation notices
+    never are)."""
+    late_superseded: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -56,6 +96,10 @@ class ClaimedDelivery:
     """Attempts made before the latest replay; the retry policy counts only those after it."""
     locale: str | None
     canonical: str
+    reminder: float | None = None
+    """For a reminder: seconds before the appointment's start it is due."""
+    due_at: float | None = None
+    """When it was first due (a reminder's time, before quiet hours or retries moved it)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +132,10 @@ class DeliveryRow:
     next_attempt_at: float
     lease_owner: str | None
     dead_reason: str | None
+    """Why it is dead, skipped or superseded."""
     last_error: str | None
+    reminder: float | None = None
+    due_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +195,18 @@ class Store(Protocol):
         at every sink). A store that cannot tell waits forever, and workers fall back on polling."""
         ...
 
-    async def ingest(self, event: EventRecord, targets: Sequence[Target], *, skipped: str | None = None) -> Ingested:
+    async def ingest(
+        self,
+        event: EventRecord,
+        targets: Sequence[Target],
+        *,
+        skipped: str | None = None,
+        follow_up: FollowUp | None = None,
+    ) -> Ingested:
         """Commit the event and one pending delivery per target in one transaction (`skipped` deliveries with that
-        reason instead, when given), unless the provider's event id was stored before, or purged since (then
-        nothing is written and `duplicate` is set). Raises StorageError."""
+        reason instead, when given), with what the event does to its appointment's waiting messages
+        (`follow_up`), unless the provider's event id was stored before, or purged since (then nothing is written
+        and `duplicate` is set). Raises StorageError."""
         ...
 
     async def claim(
@@ -162,9 +217,27 @@ class Store(Protocol):
         ...
 
     async def record_attempt(
-        self, delivery_id: str, owner: str, attempt: AttemptRecord, transition: Transition, *, now: float
+        self,
+        delivery_id: str,
+        owner: str,
+        attempt: AttemptRecord,
+        transition: Transition,
+        *,
+        now: float,
+        fallback: str | None = None,
     ) -> bool:
-        """Record the attempt, and move the delivery on if `owner` still holds its lease (False otherwise)."""
+        """Record the attempt, and move the delivery on if `owner` still holds its lease (False otherwise); with
+        `fallback`, queue the same message to that sink, due now, in the same transaction (unless the event already
+        has one there)."""
+        ...
+
+    async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:
+        """Move a leased delivery on without an attempt (quiet hours postpone or skip it), `note` saying why;
+        False unless `owner` still holds its lease."""
+        ...
+
+    async def next_due(self, sink: str, *, after: float) -> float | None:
+        """When the sink's earliest pending delivery due after `after` falls due (an index lookup), or None."""
         ...
 
     async def release(self, delivery_ids: Sequence[str], owner: str) -> None:

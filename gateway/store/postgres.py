@@ -33,11 +33,15 @@ from gateway.store.base import (
     DeliveryStatus,
     EventRecord,
     EventSummary,
+    FollowUp,
     Ingested,
     SinkStats,
     Transition,
+    Withheld,
 )
 from gateway.store.buckets import Taken
+from gateway.store.follow_up import ringing
+from gateway.store.follow_up import steps as follow_up_steps
 from gateway.store.queries import (
     DeadLetterQuery,
     EventQuery,
@@ -46,7 +50,7 @@ from gateway.store.queries import (
     event_conditions,
     summary,
 )
-from gateway.store.statements import for_psycopg
+from gateway.store.statements import attempt_row, delivery_rows, for_psycopg
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -54,6 +58,9 @@ CHANNEL = "gateway_deliveries"
 EVENT_COLUMNS = statements.EVENT_COLUMNS
 FIND_EVENT_ID = for_psycopg(statements.FIND_EVENT_ID)
 INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
+INSERT_FALLBACK = for_psycopg(statements.INSERT_FALLBACK)
+SETTLE = for_psycopg(statements.SETTLE)
+NEXT_DUE = for_psycopg(statements.NEXT_DUE)
 FIND_PURGED = for_psycopg(statements.FIND_PURGED)
 FORGET_PURGED = for_psycopg(statements.FORGET_PURGED)
 PURGE_STATE = for_psycopg(statements.PURGE_STATE)
@@ -97,9 +104,9 @@ WITH claimable AS (
     SELECT d.id FROM deliveries AS d
     WHERE d.sink = %(sink)s AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
       AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= %(now)s)
-      AND (d.ordering_key IS NULL OR NOT EXISTS (
+      AND (d.ordering_key IS NULL OR d.reminder IS NOT NULL OR NOT EXISTS (
             SELECT 1 FROM deliveries AS e
-            WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending'
+            WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.reminder IS NULL
               AND (e.occurred_at, e.created_at, e.id) < (d.occurred_at, d.created_at, d.id)))
     ORDER BY d.next_attempt_at, d.occurred_at
     LIMIT %(limit)s
@@ -109,7 +116,7 @@ UPDATE deliveries AS d SET lease_owner = %(owner)s, lease_expires_at = %(lease_u
 FROM claimable, events AS e
 WHERE d.id = claimable.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_at), d.attempts_before_requeue,
-          d.locale, e.canonical
+          d.locale, e.canonical, d.reminder, d.due_at
 """
 FINISH_ATTEMPT = """
 UPDATE deliveries
@@ -268,11 +275,17 @@ class PostgresStore:
                 applied.append(name)
         return applied
 
-    async def ingest(self, event: EventRecord, targets: Sequence[Target], *, skipped: str | None = None) -> Ingested:
+    async def ingest(
+        self,
+        event: EventRecord,
+        targets: Sequence[Target],
+        *,
+        skipped: str | None = None,
+        follow_up: FollowUp | None = None,
+    ) -> Ingested:
         values = [
             json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
         ]
-        status = "pending" if skipped is None else "skipped"
 
         async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
             if purged := await (await conn.execute(FIND_PURGED, (event.source, event.provider_event_id))).fetchone():
@@ -283,28 +296,16 @@ class PostgresStore:
                 return Ingested(event_id=existing[0], duplicate=True)
             if targets:
                 async with conn.cursor() as cursor:
-                    await cursor.executemany(
-                        INSERT_DELIVERY,
-                        [
-                            (
-                                str(uuid.uuid4()),
-                                event.id,
-                                target.sink,
-                                target.locale,
-                                event.ordering_key,
-                                event.occurred_at,
-                                event.received_at,
-                                status,
-                                skipped,
-                                event.received_at,
-                                event.received_at,
-                            )
-                            for target in targets
-                        ],
-                    )
-                if skipped is None:
-                    await conn.execute(NOTIFY, (CHANNEL, ",".join(target.sink for target in targets)))
-            return Ingested(event_id=event.id, duplicate=False)
+                    await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
+            withheld: list[Withheld] = []
+            if follow_up is not None:
+                for step in follow_up_steps(event, follow_up, now=event.received_at):
+                    cursor = await conn.execute(for_psycopg(step.sql), step.parameters)
+                    if cursor.description is not None:
+                        withheld += [Withheld(*row) for row in await cursor.fetchall()]
+            if skipped is None and (rung := ringing(targets, follow_up)):
+                await conn.execute(NOTIFY, (CHANNEL, ",".join(rung)))
+            return Ingested(event_id=event.id, duplicate=False, withheld=tuple(withheld))
 
         return await self._run(ingest)
 
@@ -320,21 +321,17 @@ class PostgresStore:
         return await self._run(claim)
 
     async def record_attempt(
-        self, delivery_id: str, owner: str, attempt: AttemptRecord, transition: Transition, *, now: float
+        self,
+        delivery_id: str,
+        owner: str,
+        attempt: AttemptRecord,
+        transition: Transition,
+        *,
+        now: float,
+        fallback: str | None = None,
     ) -> bool:
         async def record(conn: psycopg.AsyncConnection[Any]) -> bool:
-            await conn.execute(
-                INSERT_ATTEMPT,
-                (
-                    delivery_id,
-                    attempt.number,
-                    attempt.started_at,
-                    attempt.duration_ms,
-                    attempt.outcome,
-                    attempt.status_code,
-                    attempt.detail,
-                ),
-            )
+            await conn.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
             cursor = await conn.execute(
                 FINISH_ATTEMPT,
                 {
@@ -348,9 +345,27 @@ class PostgresStore:
                     "owner": owner,
                 },
             )
-            return cursor.rowcount > 0
+            moved = cursor.rowcount > 0
+            if moved and fallback is not None:
+                await conn.execute(INSERT_FALLBACK, (str(uuid.uuid4()), fallback, now, now, now, now, delivery_id))
+                await conn.execute(NOTIFY, (CHANNEL, fallback))
+            return moved
 
         return await self._run(record)
+
+    async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:
+        async def settle(conn: psycopg.AsyncConnection[Any]) -> bool:
+            row = (transition.status, transition.next_attempt_at, transition.dead_reason, note, now)
+            return (await conn.execute(SETTLE, (*row, delivery_id, owner))).rowcount > 0
+
+        return await self._run(settle)
+
+    async def next_due(self, sink: str, *, after: float) -> float | None:
+        async def next_due(conn: psycopg.AsyncConnection[Any]) -> float | None:
+            row = await (await conn.execute(NEXT_DUE, (sink, after))).fetchone()
+            return row[0] if row else None
+
+        return await self._run(next_due)
 
     async def renew(self, delivery_ids: Sequence[str], owner: str, *, lease_until: float) -> None:
         async def renew(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -34,12 +34,16 @@ from gateway.store.base import (
     DeliveryStatus,
     EventRecord,
     EventSummary,
+    FollowUp,
     Ingested,
     SinkStats,
     Transition,
+    Withheld,
 )
 from gateway.store.buckets import Taken
 from gateway.store.doorbell import Doorbell
+from gateway.store.follow_up import ringing
+from gateway.store.follow_up import steps as follow_up_steps
 from gateway.store.queries import (
     DeadLetterQuery,
     EventQuery,
@@ -58,9 +62,11 @@ from gateway.store.statements import (
     GET_STATE,
     INSERT_ATTEMPT,
     INSERT_DELIVERY,
+    INSERT_FALLBACK,
     INSERT_SENT,
     LEASE_OWNERS,
     LIST_DEAD_LETTERS,
+    NEXT_DUE,
     PAUSED_SINKS,
     PURGE_STATE,
     RELEASE,
@@ -72,9 +78,12 @@ from gateway.store.statements import (
     SELECT_SENT,
     SET_PAUSED,
     SET_STATE,
+    SETTLE,
+    attempt_row,
+    delivery_rows,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHECKPOINT_EVERY = 0.1
 """Seconds between two copies of the write-ahead log into the database file, made by a thread of their own."""
 RESTART_PAGES = 4_000
@@ -82,6 +91,29 @@ RESTART_PAGES = 4_000
 background copy never catches up with the last commit, which a restart needs."""
 INLINE_CHECKPOINT_PAGES = 4 * RESTART_PAGES
 """A commit copies the log itself only past this: should the background copy ever stop, the log stays bounded."""
+DELIVERIES = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events (id),
+    sink TEXT NOT NULL,
+    locale TEXT,
+    ordering_key TEXT,
+    occurred_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    last_error TEXT,
+    dead_reason TEXT,
+    updated_at REAL NOT NULL,
+    requeued_at REAL,
+    attempts_before_requeue INTEGER NOT NULL DEFAULT 0,
+    reminder REAL,
+    due_at REAL
+);
+"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -105,31 +137,14 @@ CREATE INDEX IF NOT EXISTS events_received ON events (received_at, id);
 CREATE INDEX IF NOT EXISTS events_appointment ON events (appointment_id);
 CREATE INDEX IF NOT EXISTS events_phone ON events (customer_phone);
 CREATE INDEX IF NOT EXISTS events_email ON events (customer_email);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL REFERENCES events (id),
-    sink TEXT NOT NULL,
-    locale TEXT,
-    ordering_key TEXT,
-    occurred_at REAL NOT NULL,
-    created_at REAL NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_owner TEXT,
-    lease_expires_at REAL,
-    last_error TEXT,
-    dead_reason TEXT,
-    updated_at REAL NOT NULL,
-    requeued_at REAL,
-    attempts_before_requeue INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (event_id, sink)
-);
+{deliveries}
+-- one delivery per event, sink and reminder: a fallback queued twice is queued once
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_one ON deliveries (event_id, sink, coalesce(reminder, -1));
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (status, sink, updated_at);
 -- in claim order: a claim reads the index up to its limit instead of sorting the whole backlog
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, status, next_attempt_at, occurred_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (sink, ordering_key, status, occurred_at);
--- UNIQUE (event_id, sink) serves lookups by event; a separate index on event_id only cost every insert
+-- deliveries_one serves lookups by event; a separate index on event_id only cost every insert
 DROP INDEX IF EXISTS deliveries_event;
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
@@ -176,21 +191,32 @@ CREATE TABLE IF NOT EXISTS sent_messages (
     sent_at REAL NOT NULL,
     PRIMARY KEY (delivery_id, recipient)
 );
-"""
+""".replace("{deliveries}", DELIVERIES.format(name="deliveries"))
+MIGRATIONS = {
+    # 1 -> 2: reminders. SQLite cannot drop the UNIQUE (event_id, sink) of version 1: the table is copied.
+    1: DELIVERIES.format(name="deliveries_2")
+    + """
+INSERT INTO deliveries_2 SELECT *, NULL, created_at FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_2 RENAME TO deliveries;
+""",
+}
+"""Per schema version, the script that brings a database at that version to the next (SCHEMA then completes it)."""
 
 INSERT_EVENT = f"""
 INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("?" for _ in EVENT_COLUMNS)})
 ON CONFLICT (source, provider_event_id) DO NOTHING
 """
 # A delivery waits behind an earlier pending one of the same appointment and sink (ordered by the provider's
-# time, then arrival, then id), whether that one is leased or waiting for its next retry.
+# time, then arrival, then id), whether that one is leased or waiting for its next retry. Reminders keep their own
+# time: they neither wait nor hold anything back.
 SELECT_CLAIMABLE = """
 SELECT d.id FROM deliveries AS d
 WHERE d.sink = :sink AND d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= :now)
-  AND (d.ordering_key IS NULL OR NOT EXISTS (
+  AND (d.ordering_key IS NULL OR d.reminder IS NOT NULL OR NOT EXISTS (
         SELECT 1 FROM deliveries AS e
-        WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending'
+        WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.reminder IS NULL
           AND (e.occurred_at, e.created_at, e.id) < (d.occurred_at, d.created_at, d.id)))
 ORDER BY d.next_attempt_at, d.occurred_at
 LIMIT :limit
@@ -198,7 +224,7 @@ LIMIT :limit
 LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE id = ?"
 SELECT_CLAIMED = """
 SELECT d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_at), d.attempts_before_requeue,
-       d.locale, e.canonical
+       d.locale, e.canonical, d.reminder, d.due_at
 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE d.id = ?
 """
@@ -325,13 +351,15 @@ class SQLiteStore:
         connection.execute("PRAGMA journal_mode = WAL")  # refused at once, not retried, while another sets it
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute(f"PRAGMA wal_autocheckpoint = {INLINE_CHECKPOINT_PAGES}")
-        connection.execute("PRAGMA foreign_keys = ON")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StorageError(
                 f"{self.path} has schema version {version}, newer than this gateway's {SCHEMA_VERSION}; upgrade"
             )
-        connection.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+        steps = "".join(MIGRATIONS[step] for step in range(version, SCHEMA_VERSION)) if version else ""
+        # foreign keys off while a table is copied (and nothing else runs: the writer lock is held)
+        connection.executescript(f"BEGIN IMMEDIATE;{steps}{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+        connection.execute("PRAGMA foreign_keys = ON")
 
     async def migrate(self) -> list[str]:
         """The embedded store brings its schema up to date whenever it opens."""
@@ -356,9 +384,14 @@ class SQLiteStore:
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._one_at_a_time)
 
-    async def ingest(self, event: EventRecord, targets: Sequence[Target], *, skipped: str | None = None) -> Ingested:
-        status = "pending" if skipped is None else "skipped"
-
+    async def ingest(
+        self,
+        event: EventRecord,
+        targets: Sequence[Target],
+        *,
+        skipped: str | None = None,
+        follow_up: FollowUp | None = None,
+    ) -> Ingested:
         def ingest(db: sqlite3.Connection) -> Ingested:
             with _transaction(db):
                 if purged := db.execute(FIND_PURGED, (event.source, event.provider_event_id)).fetchone():
@@ -368,30 +401,16 @@ class SQLiteStore:
                 if not inserted:
                     (existing,) = db.execute(FIND_EVENT_ID, (event.source, event.provider_event_id)).fetchone()
                     return Ingested(event_id=existing, duplicate=True)
-                db.executemany(
-                    INSERT_DELIVERY,
-                    [
-                        (
-                            str(uuid.uuid4()),
-                            event.id,
-                            target.sink,
-                            target.locale,
-                            event.ordering_key,
-                            event.occurred_at,
-                            event.received_at,
-                            status,
-                            skipped,
-                            event.received_at,
-                            event.received_at,
-                        )
-                        for target in targets
-                    ],
-                )
-                return Ingested(event_id=event.id, duplicate=False)
+                db.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
+                withheld: list[Withheld] = []
+                if follow_up is not None:
+                    for step in follow_up_steps(event, follow_up, now=event.received_at):
+                        withheld += [Withheld(*row) for row in db.execute(step.sql, step.parameters).fetchall()]
+                return Ingested(event_id=event.id, duplicate=False, withheld=tuple(withheld))
 
         ingested = await self._write(ingest)
-        if targets and not ingested.duplicate and skipped is None:
-            self._doorbell.ring(target.sink for target in targets)
+        if not ingested.duplicate and skipped is None and (rung := ringing(targets, follow_up)):
+            self._doorbell.ring(rung)
         return ingested
 
     async def claim(
@@ -406,22 +425,18 @@ class SQLiteStore:
         return await self._write(claim)
 
     async def record_attempt(
-        self, delivery_id: str, owner: str, attempt: AttemptRecord, transition: Transition, *, now: float
+        self,
+        delivery_id: str,
+        owner: str,
+        attempt: AttemptRecord,
+        transition: Transition,
+        *,
+        now: float,
+        fallback: str | None = None,
     ) -> bool:
         def record(db: sqlite3.Connection) -> bool:
             with _transaction(db):
-                db.execute(
-                    INSERT_ATTEMPT,
-                    (
-                        delivery_id,
-                        attempt.number,
-                        attempt.started_at,
-                        attempt.duration_ms,
-                        attempt.outcome,
-                        attempt.status_code,
-                        attempt.detail,
-                    ),
-                )
+                db.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
                 moved = db.execute(
                     FINISH_ATTEMPT,
                     (
@@ -435,9 +450,25 @@ class SQLiteStore:
                         owner,
                     ),
                 ).rowcount
+                if moved and fallback is not None:
+                    db.execute(INSERT_FALLBACK, (str(uuid.uuid4()), fallback, now, now, now, now, delivery_id))
                 return bool(moved)
 
-        return await self._write(record)
+        moved = await self._write(record)
+        if moved and fallback is not None:
+            self._doorbell.ring([fallback])
+        return moved
+
+    async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:
+        def settle(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                row = (transition.status, transition.next_attempt_at, transition.dead_reason, note, now)
+                return bool(db.execute(SETTLE, (*row, delivery_id, owner)).rowcount)
+
+        return await self._write(settle)
+
+    async def next_due(self, sink: str, *, after: float) -> float | None:
+        return await self._read(lambda db: db.execute(NEXT_DUE, (sink, after)).fetchone()[0])
 
     async def renew(self, delivery_ids: Sequence[str], owner: str, *, lease_until: float) -> None:
         def renew(db: sqlite3.Connection) -> None:

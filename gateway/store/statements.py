@@ -3,9 +3,13 @@ takes each through `for_psycopg`. Dialect-specific statements stay in each store
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import fields
+from typing import Any
 
-from gateway.store.base import EventRecord
+from gateway.routing import Target
+from gateway.store.base import AttemptRecord, EventRecord
 
 
 def for_psycopg(statement: str) -> str:
@@ -19,9 +23,65 @@ FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = 
 
 INSERT_DELIVERY = """
 INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, dead_reason,
-                        next_attempt_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        next_attempt_at, updated_at, reminder, due_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# The same message to a messaging sink's fallback, due now, committed with the failure that sends it there.
+INSERT_FALLBACK = """
+INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, next_attempt_at,
+                        updated_at, reminder, due_at)
+SELECT ?, event_id, ?, locale, ordering_key, occurred_at, ?, 'pending', ?, ?, reminder, ?
+FROM deliveries WHERE id = ?
+ON CONFLICT DO NOTHING
+"""
+
+
+def delivery_rows(event: EventRecord, targets: Sequence[Target], skipped: str | None) -> list[tuple[Any, ...]]:
+    """INSERT_DELIVERY's rows: one per target, pending (or skipped for that reason), due on receipt."""
+    status = "pending" if skipped is None else "skipped"
+    return [
+        (
+            str(uuid.uuid4()),
+            event.id,
+            target.sink,
+            target.locale,
+            event.ordering_key,
+            event.occurred_at,
+            event.received_at,
+            status,
+            skipped,
+            event.received_at,
+            event.received_at,
+            None,
+            event.received_at,
+        )
+        for target in targets
+    ]
+
+
+def attempt_row(delivery_id: str, attempt: AttemptRecord) -> tuple[Any, ...]:
+    """INSERT_ATTEMPT's row."""
+    return (
+        delivery_id,
+        attempt.number,
+        attempt.started_at,
+        attempt.duration_ms,
+        attempt.outcome,
+        attempt.status_code,
+        attempt.detail,
+    )
+
+
+# A leased delivery moved on without an attempt: postponed past quiet hours, or skipped.
+SETTLE = """
+UPDATE deliveries
+SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at), dead_reason = ?, last_error = ?, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = ?
+WHERE id = ? AND lease_owner = ?
+"""
+
+NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ? AND status = 'pending' AND next_attempt_at > ?"
 
 # Paused sinks: every worker reads them before it claims.
 SET_PAUSED = """
@@ -50,8 +110,8 @@ UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE status =
 SELECT_EVENT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?"
 
 SELECT_DELIVERIES = """
-SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error
-FROM deliveries WHERE event_id = ? ORDER BY sink
+SELECT id, event_id, sink, status, attempts, next_attempt_at, lease_owner, dead_reason, last_error, reminder, due_at
+FROM deliveries WHERE event_id = ? ORDER BY sink, COALESCE(reminder, -1), created_at
 """
 
 SELECT_ATTEMPTS = """

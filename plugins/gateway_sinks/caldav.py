@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import hookimpl
 from gateway.cleaning import CONTROL
 from gateway.durations import Duration
-from gateway.events import AppointmentEvent
+from gateway.events import REMINDER, AppointmentEvent
 from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import known_locale
 from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, SinkState
@@ -129,7 +129,7 @@ class CalDAVSink(Sink):
             await self._client.close()
 
     async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt | None:
-        if event.appointment is None:
+        if event.appointment is None or event.type == REMINDER:
             return Receipt(detail=f"{event.type}: nothing to put in a calendar")
         uid = f"{event.source}-{event.appointment.id}@appointment-gateway"
         key = f"appointment:{uid}"

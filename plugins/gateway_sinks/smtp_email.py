@@ -81,9 +81,8 @@ class SmtpEmail(EmailSink):
             ) from None
         except aiosmtplib.SMTPRecipientsRefused as error:
             first = error.recipients[0]
-            raise _refusal(
-                first.code, f"every recipient refused: {first.recipient}: {first.code} {first.message}"
-            ) from None
+            text = f"every recipient refused: {first.recipient}: {first.code} {first.message}"
+            raise _refusal(first.code, text, reason="bad recipient") from None
         except aiosmtplib.SMTPResponseException as error:
             raise _refusal(error.code, f"SMTP server refused the message: {error.code} {error.message}") from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
@@ -112,10 +111,10 @@ class SmtpEmail(EmailSink):
         return email
 
 
-def _refusal(code: int, text: str) -> PermanentDeliveryError | RetryableDeliveryError:
+def _refusal(code: int, text: str, *, reason: str = "refused") -> PermanentDeliveryError | RetryableDeliveryError:
     if 400 <= code < 500:
         return RetryableDeliveryError(text, status_code=code)
-    return PermanentDeliveryError(text, status_code=code, reason="refused")
+    return PermanentDeliveryError(text, status_code=code, reason=reason)
 
 
 @hookimpl

@@ -1,9 +1,10 @@
 """`twilio_sms` sink: SMS through Twilio Programmable Messaging, with the twilio SDK's async client.
 
 Errors: HTTP 429 / Twilio 20429 (rate limits, Retry-After honoured), 5xx, timeouts and connection errors are
-retryable; invalid or unreachable numbers (21211, 21212, 21214, 21217, 21401, 21408, 21421, 21606, 21612, 21614),
-unsubscribed recipients (21610), other 4xx and authentication failures (401/403/20003, also logged as an alert)
-are permanent. The SDK's own retries stay off (it retries POSTs on 5xx, which would send duplicate SMS).
+retryable; invalid or unreachable numbers (21211, 21214, 21217, 21401, 21408, 21421, 21612, 21614: `bad
+recipient`), unsubscribed recipients (21610: `unsubscribed`), a sender Twilio refuses (21212, 21606: `bad sender`),
+other 4xx and authentication failures (401/403/20003, also logged as an alert) are permanent. The SDK's own
+retries stay off (it retries POSTs on 5xx, which would send duplicate SMS).
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ logger = logging.getLogger(__name__)
 
 BAD_RECIPIENT = {
     21211: "invalid 'To' number",
-    21212: "invalid 'From' number",
     21214: "'To' number cannot be reached",
     21217: "'To' number is not a valid phone number",
     21401: "invalid phone number",
     21408: "the account may not send SMS to this region",
     21421: "invalid phone number",
-    21606: "the 'From' number cannot send SMS",
-    21610: "the recipient replied STOP and is unsubscribed",
     21612: "Twilio cannot route to this number",
     21614: "'To' is not a mobile number",
 }
+"""Refusals that concern the recipient (reason `bad recipient`: a fallback sink sends the message instead)."""
+UNSUBSCRIBED = {21610: "the recipient replied STOP and is unsubscribed"}
+BAD_SENDER = {21212: "invalid 'From' number", 21606: "the 'From' number cannot send SMS"}
+REFUSALS = ((BAD_RECIPIENT, "bad recipient"), (UNSUBSCRIBED, "unsubscribed"), (BAD_SENDER, "bad sender"))
 AUTH_FAILURES = {20003}
 RATE_LIMITED = {20429}
 _last_response: ContextVar[Response | None] = ContextVar("twilio_last_response", default=None)
@@ -179,8 +181,13 @@ class TwilioSms(NotificationSink):
             return PermanentDeliveryError(
                 f"Twilio refused the credentials: {text}", status_code=status, reason="authentication failed"
             )
-        if code in BAD_RECIPIENT:
-            return PermanentDeliveryError(f"{BAD_RECIPIENT[code]}: {text}", status_code=status, reason="bad recipient")
+        for known, reason in (
+            (BAD_RECIPIENT, "bad recipient"),
+            (UNSUBSCRIBED, "unsubscribed"),
+            (BAD_SENDER, "bad sender"),
+        ):
+            if code in known:
+                return PermanentDeliveryError(f"{known[code]}: {text}", status_code=status, reason=reason)
         return PermanentDeliveryError(f"Twilio refused the message: {text}", status_code=status)
 
 

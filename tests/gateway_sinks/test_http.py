@@ -91,6 +91,7 @@ WIRE_FORMAT = {  # the documented canonical event, written out by hand so that a
     "validation": None,
     "completion": None,
     "alert": None,
+    "reminder": None,
 }
 
 

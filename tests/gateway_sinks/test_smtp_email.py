@@ -62,7 +62,7 @@ async def test_the_message_id_is_stable_across_attempts(mailbox: tuple[Mailbox, 
 @pytest.mark.parametrize(
     ("reply", "error", "reason"),
     [
-        ("550 5.1.1 No such user", PermanentDeliveryError, "refused"),
+        ("550 5.1.1 No such user", PermanentDeliveryError, "bad recipient"),
         ("450 4.2.1 Mailbox busy, try later", RetryableDeliveryError, None),
     ],
 )

@@ -143,7 +143,8 @@ async def test_rate_limits_and_outages_are_retryable(
     [
         (21211, "bad recipient", "invalid 'To' number"),
         (21614, "bad recipient", "'To' is not a mobile number"),
-        (21610, "bad recipient", "unsubscribed"),
+        (21610, "unsubscribed", "unsubscribed"),
+        (21212, "bad sender", "invalid .From. number"),
         (21602, "permanent error", "Twilio refused the message"),
     ],
 )

@@ -34,7 +34,7 @@ async def migrated(postgres_url: str) -> AsyncIterator[str]:
 
 async def test_a_database_without_the_schema_is_refused_with_the_fix(postgres_url: str) -> None:
     with pytest.raises(
-        StorageError, match=r"schema is at version 0, this gateway needs 4; run `appointment-gateway migrate`"
+        StorageError, match=r"schema is at version 0, this gateway needs 5; run `appointment-gateway migrate`"
     ):
         await PostgresStore(postgres_url).open()
 
@@ -52,7 +52,13 @@ async def test_migrations_apply_once_even_when_two_processes_race(postgres_url: 
         tasks.start_soon(migrate)
     assert sorted(results) == [
         [],
-        ["0001_initial.sql", "0002_purged_events.sql", "0003_sink_controls.sql", "0004_sink_buckets.sql"],
+        [
+            "0001_initial.sql",
+            "0002_purged_events.sql",
+            "0003_sink_controls.sql",
+            "0004_sink_buckets.sql",
+            "0005_reminders.sql",
+        ],
     ]
     store = PostgresStore(postgres_url)
     await store.open()

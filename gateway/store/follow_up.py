@@ -1,0 +1,132 @@
+"""What an appointment's new event does to its waiting messages, as SQL both stores run in the ingest transaction.
+
+The latest event by provider time decides: its reminders replace the pending ones (withdrawn, or kept when due at
+the same time), and it withdraws the stale messages still waiting for the sinks that withdraw them. An event older
+than one already stored changes nothing: its own messages to those sinks are stale from the start. Deliveries
+leased by a worker (being sent) are left alone. Every statement repeats the "no later event" test, so that the whole
+decision is made inside the transaction, also between processes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.routing import Target
+from gateway.store.base import EventRecord, FollowUp
+
+LATER = "EXISTS (SELECT 1 FROM events AS l WHERE l.source = ? AND l.appointment_id = ? AND l.occurred_at > ?)"
+EARLIER = "SELECT o.id FROM events AS o WHERE o.source = ? AND o.appointment_id = ? AND o.id <> ?"
+FREE = "(lease_expires_at IS NULL OR lease_expires_at <= ?)"
+LATE_EVENT = "a later event came first"
+
+SUPERSEDE_OWN = f"""
+UPDATE deliveries SET status = 'superseded', dead_reason = ?, updated_at = ?
+WHERE event_id = ? AND sink = ? AND reminder IS NULL AND status = 'pending' AND {LATER}
+RETURNING sink, status, dead_reason
+"""
+KEEP_REMINDER = f"""
+UPDATE deliveries SET event_id = ?, occurred_at = ?, locale = ?, updated_at = ?
+WHERE id = (SELECT d.id FROM deliveries AS d
+            WHERE d.status = 'pending' AND d.sink = ? AND d.reminder = ? AND d.due_at = ?
+              AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?) AND d.event_id IN ({EARLIER})
+            LIMIT 1)
+  AND NOT {LATER}
+"""
+WITHDRAW_REMINDERS = f"""
+UPDATE deliveries SET status = 'superseded', dead_reason = ?, updated_at = ?
+WHERE status = 'pending' AND reminder IS NOT NULL AND {FREE} AND event_id IN ({EARLIER}) AND NOT {LATER}
+RETURNING sink, status, dead_reason
+"""
+ADD_REMINDER = f"""
+INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, dead_reason,
+                        next_attempt_at, updated_at, reminder, due_at)
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE NOT {LATER}
+  AND NOT EXISTS (SELECT 1 FROM deliveries AS k WHERE k.event_id = ? AND k.sink = ? AND k.reminder = ?)
+RETURNING sink, status, dead_reason
+"""
+SUPERSEDE_EARLIER = f"""
+UPDATE deliveries SET status = 'superseded', dead_reason = ?, updated_at = ?
+WHERE status = 'pending' AND reminder IS NULL AND sink = ? AND {FREE}
+  AND event_id IN ({EARLIER} AND o.type <> 'appointment.cancelled') AND NOT {LATER}
+RETURNING sink, status, dead_reason
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    sql: str
+    parameters: tuple[Any, ...]
+
+
+def steps(event: EventRecord, follow_up: FollowUp, *, now: float) -> list[Step]:
+    """The statements to run, in order, after the event and its deliveries are inserted; the rows they return
+    (sink, status, reason) are the deliveries withheld."""
+    if event.appointment_id is None:
+        return []
+    later = (event.source, event.appointment_id, event.occurred_at)
+    earlier = (event.source, event.appointment_id, event.id)
+    found: list[Step] = [
+        Step(SUPERSEDE_OWN, (LATE_EVENT, now, event.id, sink, *later)) for sink in sorted(follow_up.late_superseded)
+    ]
+    for reminder in follow_up.reminders:
+        found.append(
+            Step(
+                KEEP_REMINDER,
+                (
+                    event.id,
+                    event.occurred_at,
+                    reminder.locale,
+                    now,
+                    reminder.sink,
+                    reminder.before,
+                    reminder.due_at,
+                    now,
+                    *earlier,
+                    *later,
+                ),
+            )
+        )
+    found.append(Step(WITHDRAW_REMINDERS, (follow_up.reason, now, now, *earlier, *later)))
+    for reminder in follow_up.reminders:
+        status = "pending" if reminder.skipped is None else "skipped"
+        found.append(
+            Step(
+                ADD_REMINDER,
+                (
+                    str(uuid.uuid4()),
+                    event.id,
+                    reminder.sink,
+                    reminder.locale,
+                    event.ordering_key,
+                    event.occurred_at,
+                    event.received_at,
+                    status,
+                    reminder.skipped,
+                    reminder.due_at,
+                    now,
+                    reminder.before,
+                    reminder.due_at,
+                    *later,
+                    event.id,
+                    reminder.sink,
+                    reminder.before,
+                ),
+            )
+        )
+    reason = f"superseded by {event.type or event.provider_event_type}"
+    found += [
+        Step(SUPERSEDE_EARLIER, (reason, now, sink, now, *earlier, *later)) for sink in sorted(follow_up.supersede)
+    ]
+    return found
+
+
+def ringing(targets: Sequence[Target], follow_up: FollowUp | None) -> list[str]:
+    """The sinks whose workers should look again after the ingest commits: its targets', and its reminders'."""
+    sinks = dict.fromkeys(target.sink for target in targets)
+    if follow_up is not None:
+        sinks.update(dict.fromkeys(reminder.sink for reminder in follow_up.reminders))
+    return list(sinks)
