@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from babel import Locale
 from babel.dates import format_date, format_datetime, format_time
 from jinja2 import StrictUndefined, TemplateError, pass_context
 from jinja2.runtime import Context
@@ -23,6 +24,17 @@ from gateway.sinks import Delivery
 
 WHEN_PATTERNS = {"fr": "EEEE d MMMM y 'à' HH:mm", "en": "EEEE, MMMM d, y 'at' h:mm a"}
 """How a start time reads in a sentence; other languages use Babel's full date and short time."""
+
+
+def relative_day(moment: datetime, sent_at: datetime, locale: str, zone: ZoneInfo) -> str | None:
+    """The word for the day of `moment` seen from the day of `sent_at` in `zone` ("aujourd'hui", "demain",
+    "today", "tomorrow": Unicode CLDR's, through Babel), or None when it has no such word or is in the past."""
+    days = (moment.astimezone(zone).date() - sent_at.astimezone(zone).date()).days
+    if days < 0:
+        return None
+    words = Locale.parse(locale)._data["date_fields"]["day"]["relative"]  # Babel has no public accessor
+    word = words.get(days)
+    return word.replace("\u2019", "'") if word else None  # a typographic apostrophe would make an SMS UCS-2
 
 
 def _moment(value: datetime | str) -> datetime:
@@ -92,7 +104,8 @@ def check_syntax(source: str) -> str:
 
 def event_context(event: AppointmentEvent, delivery: Delivery, locale: str | None = None) -> dict[str, Any]:
     """What every template sees: `event` (the canonical event as JSON-ready data), its parts by name, `delivery`,
-    `locale`, `timezone` (the appointment's), and `when` / `previous_when` (its start, now and before a move)."""
+    `locale`, `timezone` (the appointment's), `when` / `previous_when` (its start, now and before a move), and
+    `relative_day` (the start's day seen from the attempt's: today, tomorrow...)."""
     data = event.model_dump(mode="json", by_alias=True)
     appointment = event.appointment
     timezone = (appointment.timezone if appointment else None) or "UTC"
@@ -100,19 +113,31 @@ def event_context(event: AppointmentEvent, delivery: Delivery, locale: str | Non
         "event": data,
         **{
             part: data[part]
-            for part in ("appointment", "customer", "changes", "cancellation", "validation", "completion", "alert")
+            for part in (
+                "appointment",
+                "customer",
+                "changes",
+                "cancellation",
+                "validation",
+                "completion",
+                "alert",
+                "reminder",
+            )
         },
         "delivery": {"id": delivery.id, "sink": delivery.sink, "attempt": delivery.attempt},
         "locale": locale,
         "timezone": timezone,
         "when": None,
         "previous_when": None,
+        "relative_day": None,
         "place": None,
     }
     if locale is not None and appointment is not None:
         zone = ZoneInfo(timezone)
         if appointment.starts_at is not None:
             context["when"] = when(appointment.starts_at, locale, zone)
+            sent_at = datetime.fromtimestamp(delivery.attempted_at, zone)
+            context["relative_day"] = relative_day(appointment.starts_at, sent_at, locale, zone)
         moved = event.changes.get("appointment.starts_at")
         if moved is not None and moved.from_ is not None:
             context["previous_when"] = when(moved.from_, locale, zone)

@@ -1,0 +1,257 @@
+"""Reminders and stale messages end to end: signed webhooks in, the store's deliveries, and what real receivers get."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gateway.config import Config
+from gateway.store.base import DeliveryRow
+from tests.conftest import Running, running_gateway
+from tests.helpers import metric, sample
+from tests.receiver import Answer, Receiver, receiver
+
+pytestmark = pytest.mark.anyio
+HOUR = 3600.0
+DAY = 86400.0
+
+CLINIC = """
+sinks:
+  sms:
+    type: twilio_sms
+    options:
+      account_sid: AC0123456789abcdef0123456789abcdef
+      auth_token: t
+      from: "+15005550006"
+      api_url: {twilio}
+    retry: {{schedule: [1m, 5m]}}
+  crm:
+    type: http
+    options: {{url: "{crm}/hooks"}}
+routes:
+  - events: [appointment.created, appointment.updated, appointment.cancelled]
+    sinks: [sms]
+    reminders: [24h, 2h]
+  - events: ["appointment.*"]
+    sinks: [crm]
+"""
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def booking(kind: str, *, event: str, occurred: str, starts: str, appointment: int = 12345) -> dict[str, Any]:
+    """A moncreneau webhook of `kind` (created, updated, cancelled...) about `appointment`, sent at `occurred`,
+    starting at `starts` (Africa/Conakry, UTC+0)."""
+    body = sample("moncreneau.json", f"appointment.{kind}")
+    body["id"], body["created"] = event, occurred
+    body["data"]["object"].update(id=appointment, dateTime=starts)
+    body["data"]["object"].pop("changes", None)
+    return body
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[Receiver]:
+    async with receiver() as endpoint:
+        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM1"}).encode())
+        yield endpoint
+
+
+@pytest.fixture
+async def crm() -> AsyncIterator[Receiver]:
+    async with receiver() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+async def clinic(write_config: Callable[[str], Config], twilio: Receiver, crm: Receiver) -> AsyncIterator[Running]:
+    async with running_gateway(write_config(CLINIC.format(twilio=twilio.url, crm=crm.url))) as gateway:
+        gateway.clock.advance(at("2026-01-21T09:00:00") - gateway.clock.now())
+        yield gateway
+
+
+async def post(gateway: Running, body: dict[str, Any]) -> str:
+    response = await gateway.post_moncreneau(body)
+    assert response.status_code in (200, 202), response.text
+    return str(response.json()["event_id"])
+
+
+async def reminders(gateway: Running, *event_ids: str) -> list[tuple[str, float, float | None, str, str | None]]:
+    """(sink, before, due_at, status, reason) of every reminder of these events."""
+    rows: list[DeliveryRow] = [row for event_id in event_ids for row in await gateway.store.deliveries(event_id)]
+    return sorted(
+        (row.sink, row.reminder, row.due_at, row.status, row.dead_reason) for row in rows if row.reminder is not None
+    )
+
+
+async def test_a_booking_schedules_its_reminders_with_the_event(clinic: Running) -> None:
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    starts = at("2026-01-25T14:30:00")
+    assert await reminders(clinic, created) == [
+        ("sms", 2 * HOUR, starts - 2 * HOUR, "pending", None),
+        ("sms", 24 * HOUR, starts - 24 * HOUR, "pending", None),
+    ]
+
+
+async def test_a_reminder_already_past_is_skipped_too_late_unless_within_the_grace(clinic: Running) -> None:
+    clinic.clock.advance(at("2026-01-25T12:25:00") - clinic.clock.now())  # 2 h 05 before: the 2 h one is ahead
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-25T12:25:00Z", starts="2026-01-25T14:30:00")
+    )
+    starts = at("2026-01-25T14:30:00")
+    assert await reminders(clinic, created) == [
+        ("sms", 2 * HOUR, starts - 2 * HOUR, "pending", None),
+        ("sms", 24 * HOUR, starts - 24 * HOUR, "skipped", "too late"),
+    ]
+    assert metric(clinic, "gateway_deliveries_withheld_total", sink="sms", status="skipped", reason="too late") == 1
+    clinic.clock.advance(15 * 60)  # 5 minutes past the 2 h reminder's time, within the default 10 minutes' grace
+    late = await post(
+        clinic,
+        booking("created", event="e2", occurred="2026-01-25T12:40:00Z", starts="2026-01-25T14:30:00", appointment=7),
+    )
+    assert [status for *_, status, _ in await reminders(clinic, late)] == ["pending", "skipped"]
+
+
+async def test_a_reschedule_moves_the_reminders_and_a_cancellation_withdraws_them(clinic: Running) -> None:
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    moved = await post(
+        clinic, booking("updated", event="e2", occurred="2026-01-22T09:00:00Z", starts="2026-01-26T10:00:00")
+    )
+    new_start = at("2026-01-26T10:00:00")
+    assert await reminders(clinic, created, moved) == [
+        ("sms", 2 * HOUR, at("2026-01-25T12:30:00"), "superseded", "rescheduled"),
+        ("sms", 2 * HOUR, new_start - 2 * HOUR, "pending", None),
+        ("sms", 24 * HOUR, at("2026-01-24T14:30:00"), "superseded", "rescheduled"),
+        ("sms", 24 * HOUR, new_start - 24 * HOUR, "pending", None),
+    ]
+    cancelled = await post(
+        clinic, booking("cancelled", event="e3", occurred="2026-01-23T09:00:00Z", starts="2026-01-26T10:00:00")
+    )
+    assert [row[3:] for row in await reminders(clinic, created, moved, cancelled)] == [
+        ("superseded", "rescheduled"),
+        ("superseded", "appointment cancelled"),
+        ("superseded", "rescheduled"),
+        ("superseded", "appointment cancelled"),
+    ]
+
+
+async def test_an_update_that_keeps_the_time_keeps_the_reminders_and_they_carry_its_state(
+    clinic: Running, twilio: Receiver, crm: Receiver
+) -> None:
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    renamed = booking("updated", event="e2", occurred="2026-01-22T09:00:00Z", starts="2026-01-25T14:30:00")
+    renamed["data"]["object"].update(name="Mariama Diallo", department={"id": 5, "name": "Passeports"})
+    updated = await post(clinic, renamed)
+    assert await reminders(clinic, created) == []  # not withdrawn and made again: moved to the latest event
+    assert [row[3] for row in await reminders(clinic, updated)] == ["pending", "pending"]
+    assert await clinic.worker.run_due() == 2  # the change notice (the confirmation is stale) and the CRM's first
+    assert await clinic.worker.run_due() == 1  # the CRM's second
+    twilio.requests.clear()
+    crm.requests.clear()
+    clinic.clock.advance(at("2026-01-24T14:30:00") - clinic.clock.now())  # 24 h before: a Saturday, the day before
+    assert await clinic.worker.run_due() == 1
+    (sms,) = twilio.requests
+    assert "Rappel : Mariama Diallo, votre rendez-vous (Passeports) est demain à 14:30." in _form(sms.body)["Body"]
+    assert crm.requests == []  # reminders go where a route schedules them, nowhere else
+
+
+async def test_an_http_sink_receives_a_reminder_as_a_canonical_event(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(
+        f"""
+        sinks:
+          crm: {{type: http, options: {{url: "{crm.url}/hooks"}}}}
+        routes:
+          - events: [appointment.created, appointment.updated]
+            sinks: [crm]
+            reminders: [2h]
+        """
+    )
+    async with running_gateway(config) as gateway:
+        gateway.clock.advance(at("2026-01-21T09:00:00") - gateway.clock.now())
+        created = await post(
+            gateway, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+        )
+        assert await gateway.worker.run_due() == 1
+        gateway.clock.advance(at("2026-01-25T12:30:00") - gateway.clock.now())
+        assert await gateway.worker.run_due() == 1
+        (reminder,) = [row for row in await gateway.store.deliveries(created) if row.reminder is not None]
+    booked, reminded = (json.loads(request.body) for request in crm.requests)
+    assert reminded["type"] == "appointment.reminder" and booked["type"] == "appointment.created"
+    assert reminded["id"] == reminder.id == crm.requests[1].headers["idempotency-key"]
+    assert reminded["reminder"] == {"before_seconds": 7200.0, "due_at": "2026-01-25T12:30:00Z", "event_id": created}
+    assert reminded["appointment"] == booked["appointment"] and reminded["customer"] == booked["customer"]
+
+
+async def test_an_older_event_arriving_late_changes_nothing_and_duplicates_change_nothing(
+    clinic: Running, twilio: Receiver, crm: Receiver
+) -> None:
+    moved = booking("updated", event="e2", occurred="2026-01-22T09:00:00Z", starts="2026-01-26T10:00:00")
+    created = booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    moved_id = await post(clinic, moved)
+    before = await reminders(clinic, moved_id)
+    created_id = await post(clinic, created)  # sent first, arrived last
+    await post(clinic, moved)  # a duplicate
+    assert await reminders(clinic, moved_id) == before and [row[3] for row in before] == ["pending", "pending"]
+    assert await reminders(clinic, created_id) == []
+    statuses = {row.sink: (row.status, row.dead_reason) for row in await clinic.store.deliveries(created_id)}
+    # its confirmation would announce the old time: stale from the start; the CRM gets every event, in order
+    assert statuses == {"sms": ("superseded", "a later event came first"), "crm": ("pending", None)}
+    assert await clinic.worker.run_due() == 2
+    assert await clinic.worker.run_due() == 1  # the CRM's second event, once its first is delivered
+    assert [json.loads(request.body)["id"] for request in crm.requests] == [created_id, moved_id]
+
+
+async def test_a_cancellation_withdraws_the_stale_messages_still_waiting_but_never_a_cancellation_notice(
+    clinic: Running, twilio: Receiver
+) -> None:
+    twilio.script(Answer(503))  # the confirmation fails once and waits for its retry
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    assert await clinic.worker.run_due() == 2
+    twilio.script(Answer(503))
+    cancelled = await post(
+        clinic, booking("cancelled", event="e2", occurred="2026-01-21T10:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    assert await clinic.worker.run_due() == 2  # the cancellation notice fails once too; the CRM's goes
+    rebooked = await post(
+        clinic, booking("updated", event="e3", occurred="2026-01-21T11:00:00Z", starts="2026-01-27T09:00:00")
+    )
+    sms = {
+        event_id: next(
+            row for row in await clinic.store.deliveries(event_id) if row.sink == "sms" and row.reminder is None
+        )
+        for event_id in (created, cancelled, rebooked)
+    }
+    assert (sms[created].status, sms[created].dead_reason) == ("superseded", "superseded by appointment.cancelled")
+    assert (sms[cancelled].status, sms[cancelled].attempts) == ("pending", 1)  # never withdrawn
+    assert sms[rebooked].status == "pending"
+    assert (
+        metric(
+            clinic,
+            "gateway_deliveries_withheld_total",
+            sink="sms",
+            status="superseded",
+            reason="superseded by appointment.cancelled",
+        )
+        == 1
+    )
+
+
+def _form(body: bytes) -> dict[str, str]:
+    from urllib.parse import parse_qs
+
+    return {key: values[0] for key, values in parse_qs(body.decode()).items()}
