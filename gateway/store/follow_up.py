@@ -10,12 +10,12 @@ decision is made inside the transaction, also between processes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.routing import Target
-from gateway.store.base import EventRecord, FollowUp
+from gateway.store.base import EventRecord, FollowUp, Withheld
 
 LATER = "EXISTS (SELECT 1 FROM events AS l WHERE l.source = ? AND l.appointment_id = ? AND l.occurred_at > ?)"
 EARLIER = "SELECT o.id FROM events AS o WHERE o.source = ? AND o.appointment_id = ? AND o.id <> ?"
@@ -54,6 +54,11 @@ WHERE status = 'pending' AND reminder IS NULL AND sink = ? AND {FREE}
   AND event_id IN ({EARLIER} AND o.type <> 'appointment.cancelled') AND NOT {LATER}
 RETURNING sink, status, dead_reason
 """
+
+
+def withheld(rows: Iterable[Sequence[Any]]) -> list[Withheld]:
+    """The deliveries a step returned that are not pending: created skipped or superseded, or withdrawn."""
+    return [Withheld(*row) for row in rows if row[1] != "pending"]
 
 
 @dataclass(frozen=True)

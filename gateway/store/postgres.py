@@ -40,7 +40,7 @@ from gateway.store.base import (
     Withheld,
 )
 from gateway.store.buckets import Taken
-from gateway.store.follow_up import ringing
+from gateway.store.follow_up import ringing, withheld
 from gateway.store.follow_up import steps as follow_up_steps
 from gateway.store.queries import (
     DeadLetterQuery,
@@ -297,15 +297,15 @@ class PostgresStore:
             if targets:
                 async with conn.cursor() as cursor:
                     await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
-            withheld: list[Withheld] = []
+            found: list[Withheld] = []
             if follow_up is not None:
                 for step in follow_up_steps(event, follow_up, now=event.received_at):
                     cursor = await conn.execute(for_psycopg(step.sql), step.parameters)
                     if cursor.description is not None:
-                        withheld += [Withheld(*row) for row in await cursor.fetchall()]
+                        found += withheld(await cursor.fetchall())
             if skipped is None and (rung := ringing(targets, follow_up)):
                 await conn.execute(NOTIFY, (CHANNEL, ",".join(rung)))
-            return Ingested(event_id=event.id, duplicate=False, withheld=tuple(withheld))
+            return Ingested(event_id=event.id, duplicate=False, withheld=tuple(found))
 
         return await self._run(ingest)
 

@@ -42,7 +42,7 @@ from gateway.store.base import (
 )
 from gateway.store.buckets import Taken
 from gateway.store.doorbell import Doorbell
-from gateway.store.follow_up import ringing
+from gateway.store.follow_up import ringing, withheld
 from gateway.store.follow_up import steps as follow_up_steps
 from gateway.store.queries import (
     DeadLetterQuery,
@@ -402,11 +402,11 @@ class SQLiteStore:
                     (existing,) = db.execute(FIND_EVENT_ID, (event.source, event.provider_event_id)).fetchone()
                     return Ingested(event_id=existing, duplicate=True)
                 db.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
-                withheld: list[Withheld] = []
+                found: list[Withheld] = []
                 if follow_up is not None:
                     for step in follow_up_steps(event, follow_up, now=event.received_at):
-                        withheld += [Withheld(*row) for row in db.execute(step.sql, step.parameters).fetchall()]
-                return Ingested(event_id=event.id, duplicate=False, withheld=tuple(withheld))
+                        found += withheld(db.execute(step.sql, step.parameters).fetchall())
+                return Ingested(event_id=event.id, duplicate=False, withheld=tuple(found))
 
         ingested = await self._write(ingest)
         if not ingested.duplicate and skipped is None and (rung := ringing(targets, follow_up)):

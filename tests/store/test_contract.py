@@ -11,7 +11,16 @@ import pytest
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.base import AttemptRecord, EventRecord, Ingested, Store, Transition
+from gateway.store.base import (
+    AttemptRecord,
+    EventRecord,
+    FollowUp,
+    Ingested,
+    ScheduledReminder,
+    Store,
+    Transition,
+    Withheld,
+)
 from gateway.store.postgres import PostgresStore
 from gateway.store.queries import DeadLetterQuery, EventQuery
 from gateway.store.sqlite import SQLiteStore
@@ -439,3 +448,122 @@ async def test_a_failing_write_among_concurrent_ones_fails_alone(store: Store) -
             )
     assert outcomes == {f"evt_{n}": n != 17 for n in range(30)}
     assert await store.count_events() == 29
+
+
+def appointment(provider_id: str, *, occurred: float, kind: str = "appointment.created", **fields: Any) -> EventRecord:
+    """An event of moncreneau appointment 1 (what follow-ups find an appointment's events by)."""
+    return record(provider_id, occurred=occurred, type=kind, appointment_id="1", **fields)
+
+
+def plan(*reminders: tuple[str, float, float], **fields: Any) -> FollowUp:
+    return FollowUp(reminders=tuple(ScheduledReminder(s, None, b, due) for s, b, due in reminders), **fields)
+
+
+async def rows(store: Store, *events: EventRecord) -> list[tuple[str, float | None, str, str | None]]:
+    """(sink, reminder, status, reason) of every delivery of these events."""
+    found = [d for event in events for d in await store.deliveries(event.id)]
+    return sorted(((d.sink, d.reminder, d.status, d.dead_reason) for d in found), key=lambda row: (row[0], row[1] or 0))
+
+
+async def test_reminders_are_stored_with_the_event_and_replaced_by_the_next_one(store: Store) -> None:
+    created = appointment("e1", occurred=100.0)
+    first = await store.ingest(
+        created, targets("sms"), follow_up=plan(("sms", 7200.0, 50_000.0), ("sms", 86400.0, 1.0))
+    )
+    assert first.withheld == ()
+    assert await rows(store, created) == [
+        ("sms", None, "pending", None),
+        ("sms", 7200.0, "pending", None),
+        ("sms", 86400.0, "pending", None),
+    ]
+    moved = appointment("e2", occurred=200.0, kind="appointment.updated")
+    # the 2 h reminder keeps its time (kept, now reading the update); the 24 h one moves
+    second = await store.ingest(moved, [], follow_up=plan(("sms", 7200.0, 50_000.0), ("sms", 86400.0, 2.0)))
+    assert second.withheld == (Withheld("sms", "superseded", "rescheduled"),)
+    assert await rows(store, created) == [("sms", None, "pending", None), ("sms", 86400.0, "superseded", "rescheduled")]
+    assert await rows(store, moved) == [("sms", 7200.0, "pending", None), ("sms", 86400.0, "pending", None)]
+    cancelled = appointment("e3", occurred=300.0, kind="appointment.cancelled")
+    third = await store.ingest(cancelled, [], follow_up=plan(reason="appointment cancelled"))
+    assert third.withheld == (Withheld("sms", "superseded", "appointment cancelled"),) * 2
+
+
+async def test_an_event_older_than_one_stored_changes_nothing(store: Store) -> None:
+    moved = appointment("e2", occurred=200.0, kind="appointment.updated")
+    await store.ingest(moved, targets("sms"), follow_up=plan(("sms", 7200.0, 50_000.0)))
+    created = appointment("e1", occurred=100.0)
+    late = await store.ingest(
+        created,
+        targets("sms", "crm"),
+        follow_up=plan(("sms", 7200.0, 40_000.0), supersede=frozenset({"sms"}), late_superseded=frozenset({"sms"})),
+    )
+    assert late.withheld == (Withheld("sms", "superseded", "a later event came first"),)
+    assert await rows(store, created) == [
+        ("crm", None, "pending", None),
+        ("sms", None, "superseded", "a later event came first"),
+    ]
+    assert await rows(store, moved) == [("sms", None, "pending", None), ("sms", 7200.0, "pending", None)]
+
+
+async def test_a_later_event_withdraws_waiting_messages_but_no_cancellation_notice_and_nothing_leased(
+    store: Store,
+) -> None:
+    created = appointment("e1", occurred=100.0)
+    cancelled = appointment("e2", occurred=200.0, kind="appointment.cancelled")
+    updated = appointment("e3", occurred=300.0, kind="appointment.updated")
+    await store.ingest(created, targets("crm", "sms"))
+    await store.ingest(cancelled, targets("crm", "sms"), follow_up=plan(supersede=frozenset({"sms"})))
+    assert await rows(store, created) == [
+        ("crm", None, "pending", None),
+        ("sms", None, "superseded", "superseded by appointment.cancelled"),
+    ]
+    (leased,) = await claim(store)  # the CRM's first event, being delivered
+    await store.ingest(updated, targets("crm", "sms"), follow_up=plan(supersede=frozenset({"sms", "crm"})))
+    assert await rows(store, cancelled) == [("crm", None, "pending", None), ("sms", None, "pending", None)]
+    assert [(d.id, d.status) for d in await store.deliveries(created.id) if d.sink == "crm"] == [(leased, "pending")]
+
+
+async def test_reminders_keep_their_own_time_they_neither_wait_nor_hold_back(store: Store) -> None:
+    created = appointment("e1", occurred=100.0)
+    await store.ingest(created, targets("crm"), follow_up=plan(("crm", 60.0, 500.0)))
+    claimed = await store.claim("crm", limit=10, now=1000.0, owner="w1", lease_until=1030.0)
+    assert sorted((d.reminder or 0, d.due_at) for d in claimed) == [(0, 1000.0), (60.0, 500.0)]
+
+
+async def test_settle_moves_a_leased_delivery_on_without_an_attempt(store: Store) -> None:
+    event = record()
+    await store.ingest(event, targets("crm"))
+    (delivery_id,) = await claim(store)
+    assert not await store.settle(
+        delivery_id, "w2", Transition("pending", next_attempt_at=5000.0), note="x", now=1000.0
+    )
+    assert await store.settle(
+        delivery_id, "w1", Transition("pending", next_attempt_at=5000.0), note="quiet hours: waits", now=1000.0
+    )
+    (row,) = await store.deliveries(event.id)
+    assert (row.status, row.attempts, row.next_attempt_at, row.lease_owner, row.last_error) == (
+        "pending",
+        0,
+        5000.0,
+        None,
+        "quiet hours: waits",
+    )
+    assert await store.next_due("crm", after=1000.0) == 5000.0
+    assert await store.next_due("crm", after=5000.0) is None and await claim(store) == []
+    (again,) = await claim(store, now=5000.0)
+    assert await store.settle(
+        again, "w1", Transition("skipped", dead_reason="quiet hours"), note="too late", now=5000.0
+    )
+    assert [(d.status, d.dead_reason) for d in await store.deliveries(event.id)] == [("skipped", "quiet hours")]
+
+
+async def test_a_fallback_is_queued_with_the_failure_once(store: Store) -> None:
+    event = record()
+    await store.ingest(event, targets("crm"))
+    (delivery_id,) = await claim(store)
+    attempt = AttemptRecord(1, 1000.0, 5.0, "permanent", 400, "bad recipient")
+    skipped = Transition("skipped", dead_reason="bad recipient; sent through email")
+    assert await store.record_attempt(delivery_id, "w1", attempt, skipped, now=1001.0, fallback="email")
+    await store.ingest(record("evt_2", key=None), targets("crm"))
+    assert [(d.sink, d.status) for d in await store.deliveries(event.id)] == [("crm", "skipped"), ("email", "pending")]
+    (fallback,) = await store.claim("email", limit=10, now=1001.0, owner="w1", lease_until=1030.0)
+    assert fallback.event_id == event.id
