@@ -10,9 +10,10 @@ import pytest
 
 from gateway.config import Config
 from gateway.exceptions import StorageError
-from gateway.operations import OperationError, Pause, Replay
+from gateway.operations import DeadLetterFilter, EventFilter, OperationError, Pause, Replay
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
+from tests.helpers import Mailbox, metric
 from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
@@ -215,3 +216,88 @@ async def test_a_message_that_would_arrive_too_late_is_skipped_as_expired(
         (delivery,) = await gateway.store.deliveries(event_id)
     assert (delivery.status, delivery.dead_reason) == ("skipped", "expired")
     assert twilio.requests == []
+
+
+FALLBACK = """
+sinks:
+  sms:
+    type: twilio_sms
+    options:
+      account_sid: AC0123456789abcdef0123456789abcdef
+      auth_token: t
+      from: "+15005550006"
+      api_url: {url}
+    fallback: email
+  email:
+    type: smtp_email
+    options: {{host: 127.0.0.1, port: {smtp_port}, security: none, from_email: rdv@example.gn}}
+routes:
+  - events: [appointment.created]
+    sinks: [sms]
+"""
+
+
+@pytest.mark.parametrize("cause", ["no phone", "a number Twilio refuses"])
+async def test_a_message_the_sms_cannot_reach_goes_by_email_instead(
+    write_config: Callable[[str], Config], twilio: Receiver, mailbox: tuple[Mailbox, int], cause: str
+) -> None:
+    handler, smtp_port = mailbox
+    body = load_samples("moncreneau.json")["appointment.created"]
+    if cause == "no phone":
+        del body["data"]["object"]["phone"]
+    else:
+        twilio.script(
+            Answer(
+                400,
+                {"Content-Type": "application/json"},
+                json.dumps({"code": 21211, "message": "Invalid 'To'", "status": 400}).encode(),
+            )
+        )
+    async with running_gateway(write_config(FALLBACK.format(url=twilio.url, smtp_port=smtp_port))) as gateway:
+        event_id = (await gateway.post_moncreneau(body)).json()["event_id"]
+        assert await gateway.worker.run_due() == 1
+        email, sms = await gateway.store.deliveries(event_id)  # the email queued with the failure, in one commit
+        assert (email.sink, email.status) == ("email", "pending")
+        reason = "no recipient" if cause == "no phone" else "bad recipient"
+        assert (sms.status, sms.dead_reason) == ("skipped", f"{reason}; sent through email")
+        assert await gateway.worker.run_due() == 1
+        (recipients, message) = handler.received[0]
+        assert recipients == ["jean.dupont@example.gn"] and "confirmé" in message["Subject"]
+        assert [d.status for d in await gateway.store.deliveries(event_id)] == ["succeeded", "skipped"]
+        assert (await gateway.app.state.operations.list_dead_letters(DeadLetterFilter()))["dead_letters"] == []
+
+
+async def test_events_without_an_address_are_skipped_not_dead_letters_unless_configured(
+    write_config: Callable[[str], Config], mailbox: tuple[Mailbox, int]
+) -> None:
+    """Four of the five moncreneau samples carry no email: on an email route that is a normal day."""
+    handler, smtp_port = mailbox
+    email = f"""
+    sinks:
+      email:
+        type: smtp_email
+        options: {{host: 127.0.0.1, port: {smtp_port}, security: none, from_email: rdv@example.gn}}
+        supersede: false
+    routes:
+      - sinks: [email]
+    """
+    async with running_gateway(write_config(email)) as gateway:
+        for body in load_samples("moncreneau.json").values():
+            await gateway.post_moncreneau(body)
+        while await gateway.worker.run_due():
+            pass
+        (events,) = [(await gateway.app.state.operations.list_events(EventFilter()))["events"]]
+        statuses = sorted(event["deliveries"]["email"] for event in events)
+        assert statuses == ["skipped", "skipped", "skipped", "skipped", "succeeded"] and len(handler.received) == 1
+        assert (
+            metric(gateway, "gateway_deliveries_withheld_total", sink="email", status="skipped", reason="no recipient")
+            == 4
+        )
+    strict = email.replace("supersede: false", "supersede: false\n        on_no_recipient: dead_letter")
+    async with running_gateway(write_config(strict)) as gateway:
+        cancelled = load_samples("moncreneau.json")["appointment.cancelled"]
+        cancelled["id"] = "evt_other"  # the same database: the sample itself is a duplicate now
+        event_id = (await gateway.post_moncreneau(cancelled)).json()["event_id"]
+        assert await gateway.worker.run_due() == 1
+        (delivery,) = await gateway.store.deliveries(event_id)
+        assert (delivery.status, delivery.dead_reason) == ("dead", "no recipient")

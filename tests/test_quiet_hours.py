@@ -1,12 +1,23 @@
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
 
+from gateway.config import Config
 from gateway.quiet_hours import QuietHours
+from gateway.store.base import DeliveryRow, Store
+from gateway.store.postgres import PostgresStore
+from tests.conftest import MONCRENEAU_SECRET, Running, running_gateway
+from tests.helpers import metric, sample
+from tests.peers import postgres_database
+from tests.receiver import Answer, Receiver, receiver
 
 NIGHT = QuietHours.model_validate({"from": "21:00", "to": "08:00"})
 
@@ -68,3 +79,116 @@ def test_daytime_quiet_hours_and_the_default_zone() -> None:
 def test_bad_quiet_hours_are_refused(given: dict[str, str], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         QuietHours.model_validate(given)
+
+
+QUIET = """
+sources:
+  moncreneau:
+    type: moncreneau
+    secrets: [{secret}]
+    timezone: {zone}
+    default_region: GN
+sinks:
+  sms:
+    type: twilio_sms
+    options:
+      account_sid: AC0123456789abcdef0123456789abcdef
+      auth_token: t
+      from: "+15005550006"
+      api_url: {url}
+      expire_before_start: 30m
+    quiet_hours: {{from: "21:00", to: "08:00"}}
+routes:
+  - events: [appointment.created, appointment.updated]
+    sinks: [sms]
+    reminders: [2h]
+"""
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[Receiver]:
+    async with receiver() as endpoint:
+        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM1"}).encode())
+        yield endpoint
+
+
+def quiet(write_config: Callable[..., Config], twilio: Receiver, zone: str) -> Config:
+    text = QUIET.format(secret=MONCRENEAU_SECRET, zone=zone, url=twilio.url)
+    return write_config(text, with_sources=False)
+
+
+def booked(event: str, *, occurred: float, starts: str, appointment: int = 1) -> dict[str, Any]:
+    body = sample("moncreneau.json", "appointment.created")
+    body["id"], body["created"] = event, datetime.fromtimestamp(occurred, UTC).isoformat()
+    body["data"]["object"].update(id=appointment, dateTime=starts)
+    return body
+
+
+async def sms_deliveries(gateway: Running, event_id: str) -> list[DeliveryRow]:
+    return sorted(await gateway.store.deliveries(event_id), key=lambda row: row.reminder or 0)
+
+
+@pytest.mark.anyio
+async def test_a_message_due_at_night_waits_for_the_morning_and_a_reminder_too_late_for_it_is_skipped(
+    write_config: Callable[..., Config], twilio: Receiver
+) -> None:
+    async with running_gateway(quiet(write_config, twilio, "Africa/Conakry")) as gateway:
+        gateway.clock.advance(local("2026-01-21T22:00:00", "UTC") - gateway.clock.now())
+        first = (
+            await gateway.post_moncreneau(booked("e1", occurred=gateway.clock.now(), starts="2026-01-23T09:00:00"))
+        ).json()
+        second = (
+            await gateway.post_moncreneau(
+                booked("e2", occurred=gateway.clock.now(), starts="2026-01-23T08:15:00", appointment=2)
+            )
+        ).json()
+        assert await gateway.worker.run_due() == 2 and twilio.requests == []
+        confirmation, reminder = await sms_deliveries(gateway, first["event_id"])
+        assert (confirmation.status, confirmation.attempts, shown(confirmation.next_attempt_at, "UTC")) == (
+            "pending",
+            0,
+            "2026-01-22T08:00:00+00:00",
+        )
+        assert confirmation.last_error == "quiet hours: waits until 2026-01-22T08:00:00+00:00"
+        gateway.clock.advance(local("2026-01-22T08:00:00", "UTC") - gateway.clock.now())
+        assert await gateway.worker.run_due() == 2 and len(twilio.requests) == 2  # both confirmations, at 08:00
+        gateway.clock.advance(local("2026-01-23T06:15:00", "UTC") - gateway.clock.now())
+        assert await gateway.worker.run_due() == 1  # the 08:15 appointment's reminder: 08:00 is past 07:45
+        (_, early) = await sms_deliveries(gateway, second["event_id"])
+        assert (early.status, early.dead_reason, early.attempts) == ("skipped", "quiet hours", 0)
+        gateway.clock.advance(local("2026-01-23T07:00:00", "UTC") - gateway.clock.now())
+        assert await gateway.worker.run_due() == 1  # the 09:00 one's: waits until 08:00, before 08:30
+        gateway.clock.advance(local("2026-01-23T08:00:00", "UTC") - gateway.clock.now())
+        assert await gateway.worker.run_due() == 1
+        (_, reminder) = await sms_deliveries(gateway, first["event_id"])
+        assert (reminder.status, reminder.attempts) == ("succeeded", 1)
+        assert (
+            metric(gateway, "gateway_deliveries_withheld_total", sink="sms", status="skipped", reason="quiet hours")
+            == 1
+        )
+    assert len(twilio.requests) == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_the_night_the_clocks_go_forward_ends_at_eight_summer_time(
+    write_config: Callable[..., Config], twilio: Receiver, backend: str
+) -> None:
+    config = quiet(write_config, twilio, "Europe/Paris")
+    with ExitStack() as cleanup:
+        store: Store | None = None
+        if backend == "postgres":
+            store = PostgresStore(cleanup.enter_context(postgres_database()))
+            await store.migrate()
+        async with running_gateway(config, store=store) as gateway:  # type: ignore[arg-type]
+            gateway.clock.advance(local("2027-03-27T22:00:00", "Europe/Paris") - gateway.clock.now())
+            sent = (
+                await gateway.post_moncreneau(booked("e1", occurred=gateway.clock.now(), starts="2027-03-29T10:00:00"))
+            ).json()
+            assert await gateway.worker.run_due() == 1
+            confirmation, _ = await sms_deliveries(gateway, sent["event_id"])
+            assert shown(confirmation.next_attempt_at, "Europe/Paris") == "2027-03-28T08:00:00+02:00"
+            gateway.clock.advance(confirmation.next_attempt_at - gateway.clock.now() - 1)
+            assert await gateway.worker.run_due() == 0
+            gateway.clock.advance(1)
+            assert await gateway.worker.run_due() == 1 and len(twilio.requests) == 1
