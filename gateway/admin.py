@@ -69,6 +69,12 @@ ENDPOINTS = (
         lambda r, ops: ops.show_event(r.path_params["event_id"]),
     ),
     Endpoint(
+        "GET",
+        "/appointments/{source}/{appointment_id}",
+        "An appointment's timeline: its events, every message with its status, its reminders pending and withdrawn",
+        lambda r, ops: ops.show_appointment(r.path_params["source"], r.path_params["appointment_id"]),
+    ),
+    Endpoint(
         "POST",
         "/events/{event_id}/replay",
         "Queue an event's finished deliveries again (all, or one sink's)",

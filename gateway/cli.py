@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("event_id")
     show.set_defaults(command=_admin(lambda ops, a: ops.show_event(a.event_id)))
 
+    appointments = commands.add_parser("appointments", help="look up appointments").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    timeline = appointments.add_parser("show", help="an appointment's events, messages and reminders")
+    timeline.add_argument("source", help="the configured source, e.g. moncreneau")
+    timeline.add_argument("appointment_id", help="the provider's appointment id")
+    timeline.set_defaults(command=_admin(lambda ops, a: ops.show_appointment(a.source, a.appointment_id)))
+
     replay = commands.add_parser("replay", help="queue an event's finished deliveries again")
     replay.add_argument("event_id")
     replay.add_argument("--sink", help="only the delivery to this sink")

@@ -39,7 +39,7 @@ class EventFilter(Params):
     customer: str | None = Field(None, description="Customer phone (E.164) or email")
     since: AwareDatetime | None = Field(None, description="Received at or after (ISO 8601 with a zone)")
     until: AwareDatetime | None = Field(None, description="Received before")
-    status: Literal["pending", "succeeded", "dead", "discarded"] | None = Field(
+    status: Literal["pending", "succeeded", "dead", "discarded", "skipped", "superseded"] | None = Field(
         None, description="With at least one delivery in this status"
     )
     limit: int = Field(50, ge=1, le=500)
@@ -78,6 +78,8 @@ class Purge(Params):
 
 
 P = TypeVar("P", bound=Params)
+TIMELINE_EVENTS = 500
+"""An appointment's timeline shows at most this many events (its latest)."""
 
 
 def parse(model: type[P], data: Any) -> P:
@@ -146,6 +148,29 @@ class Operations:
                 }
             )
         return {**_record(event), "deliveries": deliveries}
+
+    async def show_appointment(self, source: str, appointment_id: str) -> dict[str, Any]:
+        """An appointment's timeline: its events in provider order, each with its messages (status and reason),
+        and its reminders, pending and withdrawn, with their due times."""
+        query = EventQuery(source=source, appointment=appointment_id)
+        events = await self.store.list_events(query, limit=TIMELINE_EVENTS)
+        if not events:
+            raise OperationError(
+                404, "unknown_appointment", f"no event of appointment {appointment_id!r} from source {source!r}"
+            )
+        timeline, reminders = [], []
+        for event in sorted(events, key=lambda e: (e.occurred_at, e.received_at)):
+            deliveries = [_delivery(row) for row in await self.store.deliveries(event.id)]
+            messages = [row for row in deliveries if row["reminder_before_seconds"] is None]
+            reminders += [{**row, "event_id": event.id} for row in deliveries if row not in messages]
+            timeline.append({**_summary(event), "deliveries": messages})
+        return {
+            "source": source,
+            "appointment_id": appointment_id,
+            "events": timeline,
+            "reminders": sorted(reminders, key=lambda row: (row["status"] != "pending", row["due_at"] or "")),
+            "truncated": len(events) == TIMELINE_EVENTS,
+        }
 
     async def replay(self, event_id: str, params: Replay) -> dict[str, Any]:
         event = await self._event(event_id)
@@ -313,9 +338,11 @@ def _delivery(delivery: DeliveryRow) -> dict[str, Any]:
         "id": delivery.id,
         "sink": delivery.sink,
         "status": delivery.status,
+        "reason": delivery.dead_reason,
+        "reminder_before_seconds": delivery.reminder,
+        "due_at": _iso(delivery.due_at),
         "attempts": delivery.attempts,
         "next_attempt_at": _iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
-        "dead_reason": delivery.dead_reason,
         "last_error": delivery.last_error,
     }
 

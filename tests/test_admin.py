@@ -71,7 +71,11 @@ async def accepted(gateway: Running, body: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [(e.method, e.path.format(event_id="x", delivery_id="y", sink="z")) for e in ENDPOINTS]
+    ("method", "path"),
+    [
+        (e.method, e.path.format(event_id="x", delivery_id="y", sink="z", source="s", appointment_id="a"))
+        for e in ENDPOINTS
+    ],
 )
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
 async def test_every_endpoint_refuses_a_missing_or_wrong_token(
@@ -134,7 +138,10 @@ async def test_events_are_listed_filtered_and_paged(gateway: Running) -> None:
     [
         ({"since": "yesterday"}, "since: Input should be a valid datetime"),
         ({"since": "2026-01-01T00:00:00"}, "since: Input should have timezone info"),
-        ({"status": "lost"}, "status: Input should be 'pending', 'succeeded', 'dead' or 'discarded'"),
+        (
+            {"status": "lost"},
+            "status: Input should be 'pending', 'succeeded', 'dead', 'discarded', 'skipped' or 'superseded'",
+        ),
         ({"limit": "0"}, "limit: Input should be greater than or equal to 1"),
         ({"sorce": "moncreneau"}, "sorce: Extra inputs are not permitted"),
         ({"cursor": "not-a-cursor"}, "cursor: 'not-a-cursor' is not a cursor this gateway gave out"),

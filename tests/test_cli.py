@@ -344,6 +344,11 @@ async def test_the_admin_commands_work_on_the_configured_store(
     assert await answer("purge", "--older-than", "0s") == {"deleted": 0, "older_than_seconds": 0.0}  # still pending
     assert (await run("dead-letters", "discard", letter["delivery_id"]))[0] == 1  # no longer dead
     assert (await run("events", "show", "nope"))[2] == "unknown_event: no event with id 'nope'\n"
+    timeline = await answer("appointments", "show", "moncreneau", "12345")
+    assert [(e["id"], [d["status"] for d in e["deliveries"]]) for e in timeline["events"]] == [(event_id, ["pending"])]
+    assert (await run("appointments", "show", "moncreneau", "9"))[2] == (
+        "unknown_appointment: no event of appointment '9' from source 'moncreneau'\n"
+    )
     assert "since: Input should be a valid datetime" in (await run("events", "list", "--since", "last week"))[2]
     assert await answer("sinks", "pause", "crm", "--reason", "CRM upgrade") == {"sink": "crm", "state": "paused"}
     (crm_sink,) = (await answer("sinks", "list"))["sinks"]

@@ -255,3 +255,37 @@ def _form(body: bytes) -> dict[str, str]:
     from urllib.parse import parse_qs
 
     return {key: values[0] for key, values in parse_qs(body.decode()).items()}
+
+
+async def test_the_appointment_timeline_shows_its_events_messages_and_reminders(clinic: Running) -> None:
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    moved = await post(
+        clinic, booking("updated", event="e2", occurred="2026-01-22T09:00:00Z", starts="2026-01-26T10:00:00")
+    )
+    response = await clinic.client.get("/admin/v1/appointments/moncreneau/12345")
+    assert response.status_code == 200, response.text
+    timeline = response.json()
+    assert [(e["id"], e["type"]) for e in timeline["events"]] == [
+        (created, "appointment.created"),
+        (moved, "appointment.updated"),
+    ]
+    assert [(d["sink"], d["status"], d["reason"]) for d in timeline["events"][0]["deliveries"]] == [
+        ("crm", "pending", None),
+        ("sms", "superseded", "superseded by appointment.updated"),
+    ]
+    assert [(r["status"], r["reminder_before_seconds"], r["due_at"], r["reason"]) for r in timeline["reminders"]] == [
+        ("pending", 86400.0, "2026-01-25T10:00:00+00:00", None),
+        ("pending", 7200.0, "2026-01-26T08:00:00+00:00", None),
+        ("superseded", 86400.0, "2026-01-24T14:30:00+00:00", "rescheduled"),
+        ("superseded", 7200.0, "2026-01-25T12:30:00+00:00", "rescheduled"),
+    ]
+    shown = (await clinic.client.get(f"/admin/v1/events/{moved}")).json()
+    assert sorted((d["reminder_before_seconds"] or 0, d["status"]) for d in shown["deliveries"]) == [
+        (0, "pending"),
+        (0, "pending"),
+        (7200.0, "pending"),
+        (86400.0, "pending"),
+    ]
+    assert (await clinic.client.get("/admin/v1/appointments/moncreneau/404")).status_code == 404
