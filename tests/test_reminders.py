@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import Config
 from gateway.store.base import DeliveryRow
@@ -289,3 +292,76 @@ async def test_the_appointment_timeline_shows_its_events_messages_and_reminders(
         (86400.0, "pending"),
     ]
     assert (await clinic.client.get("/admin/v1/appointments/moncreneau/404")).status_code == 404
+
+
+REMINDING_CRM = """
+sinks:
+  crm:
+    type: http
+    options: {{url: "{crm}/hooks"}}
+routes:
+  - events: [appointment.created, appointment.updated, appointment.cancelled]
+    sinks: [crm]
+    reminders: [24h, 2h]
+"""
+appointments = itertools.count(1000)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[tuple[str, int]], list[int], list[int], list[bool]]:
+    """An appointment's events in provider order (kind, start in hours after the first day), the order they arrive
+    in (duplicates included), the minutes between arrivals, and whether the worker runs after each."""
+    starts = draw(st.lists(st.integers(0, 72), min_size=1, max_size=4))
+    history = [("created", starts[0])] + [("updated", start) for start in starts[1:]]
+    if draw(st.booleans()):
+        history.append(("cancelled", starts[-1]))
+    arrivals = list(draw(st.permutations(range(len(history)))))
+    for again in draw(st.lists(st.integers(0, len(history) - 1), max_size=3)):
+        arrivals.insert(draw(st.integers(0, len(arrivals))), again)
+    gaps = draw(st.lists(st.integers(0, 90), min_size=len(arrivals), max_size=len(arrivals)))
+    runs = draw(st.lists(st.booleans(), min_size=len(arrivals), max_size=len(arrivals)))
+    return history, arrivals, gaps, runs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(story=histories())
+async def test_the_reminders_sent_are_those_of_the_final_state_whatever_the_arrival_order(
+    write_config: Callable[[str], Config],
+    crm: Receiver,
+    story: tuple[list[tuple[str, int]], list[int], list[int], list[bool]],
+) -> None:
+    history, arrivals, gaps, runs = story
+    appointment = next(appointments)
+    async with running_gateway(write_config(REMINDING_CRM.format(crm=crm.url))) as gateway:
+        base = gateway.clock.now()
+        first_day = base + 4 * DAY
+
+        def body(index: int) -> dict[str, Any]:
+            kind, start = history[index]
+            occurred = datetime.fromtimestamp(base - HOUR + 60 * index, UTC).isoformat()
+            starts = datetime.fromtimestamp(first_day + start * HOUR, UTC).replace(tzinfo=None).isoformat()
+            return booking(
+                kind, event=f"a{appointment}-{index}", occurred=occurred, starts=starts, appointment=appointment
+            )
+
+        for index, gap, run in zip(arrivals, gaps, runs, strict=True):
+            gateway.clock.advance(gap * 60)
+            await post(gateway, body(index))
+            if run:
+                await gateway.worker.run_due()
+        for due in sorted({first_day + start * HOUR - before for _, start in history for before in (DAY, 2 * HOUR)}):
+            gateway.clock.advance(max(0.0, due - gateway.clock.now()))
+            while await gateway.worker.run_due():
+                pass
+    sent = [
+        json.loads(request.body)
+        for request in crm.requests
+        if json.loads(request.body)["type"] == "appointment.reminder"
+        and json.loads(request.body)["appointment"]["id"] == str(appointment)
+    ]
+    final_kind, final_start = history[-1]
+    expected = [] if final_kind == "cancelled" else sorted([(2 * HOUR, final_start), (DAY, final_start)])
+    starts_at = [
+        (r["reminder"]["before_seconds"], (at(r["appointment"]["starts_at"][:19]) - first_day) / HOUR) for r in sent
+    ]
+    assert sorted(starts_at) == expected
