@@ -146,7 +146,8 @@ class Worker:
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._next_due: dict[str, float | None] = dict.fromkeys(self.lanes)
         """Per sink, when its earliest waiting delivery falls due (reminders, retries), as the store said when the
-        last claim found nothing due: the lane sleeps until then, not a poll."""
+        last claim found nothing due (None after a claim that took some: their attempts wake the lane): the lane
+        sleeps until then, not a poll."""
         self._circuits = {name: Circuit(lane.circuit) for name, lane in self.lanes.items() if lane.circuit}
         self._probes: dict[str, str] = {}
         """Per sink whose circuit is open, the delivery claimed to probe it."""
@@ -270,8 +271,7 @@ class Worker:
             limit = min(limit, max(0.0, circuit.next_probe_at - now))
         if sink in self._tokens_at:
             limit = min(limit, max(0.0, self._tokens_at[sink] - now))
-        # a time gone by was taken by a claim since, or is held back (same appointment, other worker): poll
-        return min(limit, next_due - now) if next_due is not None and next_due > now else limit
+        return min(limit, max(0.0, next_due - now)) if next_due is not None else limit
 
     async def _is_paused(self, sink: str) -> bool:
         """Whether the sink is paused, as read from the store at most PAUSES_READ_EVERY seconds ago."""
@@ -285,6 +285,7 @@ class Worker:
 
     async def _claim(self, lane: Lane, attempts: TaskGroup, *, ahead: bool = True) -> int:
         """Claim what is due, up to the sink's free slots plus (when `ahead`) as many again to wait for them."""
+        self._next_due[lane.name] = None  # learnt again below when nothing is due; the attempts wake the lane
         free = (2 if ahead else 1) * lane.concurrency - len(self._claimed[lane.name])
         if free <= 0 or await self._is_paused(lane.name):
             return 0

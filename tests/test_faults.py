@@ -622,3 +622,57 @@ async def test_a_sink_paused_under_load_loses_and_repeats_nothing(tmp_path: Path
     )
     assert sent_while_paused == 0 and listed["state"] == "paused" and listed["queue_depth"] > 0
     assert len(received) == events and not more_than_once(received)
+
+
+async def test_reminders_pending_through_a_sigkill_are_each_sent_once_and_on_time(tmp_path: Path) -> None:
+    """Twelve appointments with a reminder due 5 to 10 s after their booking; the gateway is killed right after
+    acknowledging them, and started again. The worker polls every 30 s: only its wait for the earliest due
+    delivery can send them on time."""
+    port, count = free_port(), 12
+    async with receiver() as crm:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"""
+server: {{port: {port}}}
+storage: {{url: "sqlite:///{tmp_path}/gateway.db"}}
+worker: {{poll_interval: 30s}}
+logging: {{level: WARNING}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}
+sinks:
+  crm: {{type: http, options: {{url: "{crm.url}"}}}}
+routes:
+  - events: [appointment.created, appointment.updated]
+    sinks: [crm]
+    reminders: [24h]
+"""
+        )
+        wall, clock = time.time(), time.monotonic()
+        due = {str(n): float(int(wall) + 5 + n // 2) for n in range(count)}
+        with gateway_process(config, port, tmp_path / "gateway.log") as process:
+            async with httpx.AsyncClient(timeout=10) as client:
+                for appointment, at in due.items():
+                    body = json.loads(signed(int(appointment))[0])
+                    body["data"]["object"]["dateTime"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at + 86400))
+                    raw = json.dumps(body).encode()
+                    headers = {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+                    response = await client.post(
+                        f"http://127.0.0.1:{port}/webhooks/moncreneau", content=raw, headers=headers
+                    )
+                    assert response.status_code == 202, response.text
+            process.kill()
+            process.wait()
+        assert time.time() < min(due.values()), "the machine was too slow: the kill came after a reminder was due"
+
+        def reminders() -> list[tuple[str, float]]:
+            bodies = [(json.loads(r.body), r.arrived_at) for r in crm.requests]
+            return [(b["appointment"]["id"], arrived) for b, arrived in bodies if b["type"] == "appointment.reminder"]
+
+        with gateway_process(config, port, tmp_path / "gateway.log"):
+            await until(lambda: len(reminders()) >= count, "every reminder sent", 30)
+            await until(lambda: len([r for r in crm.requests]) >= 2 * count, "every booking and reminder", 30)
+    sent = reminders()
+    lateness = sorted(arrived - clock - (due[appointment] - wall) for appointment, arrived in sent)
+    print(f"{len(sent)} reminders after a SIGKILL; lateness min {lateness[0]:.3f}s, max {lateness[-1]:.3f}s")
+    assert sorted(appointment for appointment, _ in sent) == sorted(due)  # each once
+    assert lateness[0] > -0.05 and lateness[-1] < 1.5
