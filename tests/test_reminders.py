@@ -365,3 +365,23 @@ async def test_the_reminders_sent_are_those_of_the_final_state_whatever_the_arri
         (r["reminder"]["before_seconds"], (at(r["appointment"]["starts_at"][:19]) - first_day) / HOUR) for r in sent
     ]
     assert sorted(starts_at) == expected
+
+
+async def test_a_reminder_failing_days_after_its_booking_is_retried_not_given_up(
+    clinic: Running, twilio: Receiver
+) -> None:
+    """The retry policy's clock (give_up_after, 24 h by default) starts when the reminder falls due."""
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    while await clinic.worker.run_due():
+        pass
+    clinic.clock.advance(at("2026-01-25T12:30:00") - clinic.clock.now())  # four days later: the 2 h reminder
+    twilio.script(Answer(503), Answer(503))
+    assert await clinic.worker.run_due() == 2  # the 24 h one, late (the gateway was down), and the 2 h one fail
+    reminded = sorted(
+        (row for row in await clinic.store.deliveries(created) if row.reminder), key=lambda r: r.reminder or 0
+    )
+    assert [(row.status, row.attempts, row.next_attempt_at) for row in reminded] == [
+        ("pending", 1, at("2026-01-25T12:31:00"))
+    ] * 2

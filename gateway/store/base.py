@@ -91,7 +91,8 @@ class ClaimedDelivery:
     sink: str
     attempts: int
     retry_since: float
-    """When the retry policy's clock started: the event's receipt, or the latest replay."""
+    """When the retry policy's clock started: when the delivery fell due (the event's receipt, a reminder's time),
+    or the latest replay."""
     attempts_before: int
     """Attempts made before the latest replay; the retry policy counts only those after it."""
     locale: str | None

@@ -223,7 +223,7 @@ LIMIT :limit
 """
 LEASE = "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE id = ?"
 SELECT_CLAIMED = """
-SELECT d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.created_at), d.attempts_before_requeue,
+SELECT d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at), d.attempts_before_requeue,
        d.locale, e.canonical, d.reminder, d.due_at
 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
 WHERE d.id = ?
