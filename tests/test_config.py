@@ -351,3 +351,53 @@ def test_every_commented_example_in_the_example_configuration_is_valid(
         "english-speaking-department",
         "customers-by-sms",
     ]
+
+
+MESSAGING = """
+sinks:
+  journal: {type: file, options: {path: journal.jsonl}}
+  crm: {type: http, options: {url: "http://127.0.0.1:9/crm"}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        (
+            "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {events: [appointment.created], sinks: [journal], reminders: [24h]}",
+            "routes.0: a route with reminders must match appointment.created and appointment.updated",
+        ),
+        (
+            "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {events: [appointment.reminder], sinks: [journal]}",
+            "routes.0.events: appointment.reminder is made by the gateway, never received; schedule it with `reminders: [24h]`",
+        ),
+        (
+            "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {sinks: [journal], reminders: [tomorrow]}",
+            "routes.0.reminders.0: 'tomorrow' is not a duration",
+        ),
+        (
+            "  journal: {type: file, options: {path: j.jsonl}, fallback: crm}",
+            "sinks.journal.fallback: no sink named 'crm'; sinks: journal",
+        ),
+        (
+            "  a: {type: file, options: {path: a.jsonl}, fallback: b}\n  b: {type: file, options: {path: b.jsonl}, fallback: a}",
+            "sinks.a.fallback: fallbacks go round in a circle (a -> b -> a); break it",
+        ),
+        (
+            '  a: {type: file, options: {path: a.jsonl}, quiet_hours: {from: "21:00", to: "21:00"}}',
+            "sinks.a.quiet_hours: from and to are the same time",
+        ),
+        (
+            '  a: {type: file, options: {path: a.jsonl}, quiet_hours: {from: "21:00", to: "08:00", timezone: Mars/Olympus}}',
+            "sinks.a.quiet_hours.timezone: 'Mars/Olympus' is not an IANA time zone",
+        ),
+        (
+            "  a: {type: file, options: {path: a.jsonl}, on_no_recipient: ignore}",
+            "sinks.a.on_no_recipient: Input should be 'skip' or 'dead_letter'",
+        ),
+    ],
+)
+def test_reminder_and_message_settings_are_checked_with_the_key_and_the_fix(
+    write_config: Callable[[str], Config], yaml_text: str, expected: str
+) -> None:
+    assert expected in problems(write_config, "sinks:\n" + yaml_text + "\n")
