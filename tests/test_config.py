@@ -353,26 +353,23 @@ def test_every_commented_example_in_the_example_configuration_is_valid(
     ]
 
 
-MESSAGING = """
-sinks:
-  journal: {type: file, options: {path: journal.jsonl}}
-  crm: {type: http, options: {url: "http://127.0.0.1:9/crm"}}
-"""
+JOURNAL = "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - "
 
 
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
         (
-            "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {events: [appointment.created], sinks: [journal], reminders: [24h]}",
+            JOURNAL + "{events: [appointment.created], sinks: [journal], reminders: [24h]}",
             "routes.0: a route with reminders must match appointment.created and appointment.updated",
         ),
         (
-            "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {events: [appointment.reminder], sinks: [journal]}",
-            "routes.0.events: appointment.reminder is made by the gateway, never received; schedule it with `reminders: [24h]`",
+            JOURNAL + "{events: [appointment.reminder], sinks: [journal]}",
+            "routes.0.events: appointment.reminder is made by the gateway, never received; schedule it with "
+            "`reminders: [24h]`",
         ),
         (
-            "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - {sinks: [journal], reminders: [tomorrow]}",
+            JOURNAL + "{sinks: [journal], reminders: [tomorrow]}",
             "routes.0.reminders.0: 'tomorrow' is not a duration",
         ),
         (
@@ -380,7 +377,8 @@ sinks:
             "sinks.journal.fallback: no sink named 'crm'; sinks: journal",
         ),
         (
-            "  a: {type: file, options: {path: a.jsonl}, fallback: b}\n  b: {type: file, options: {path: b.jsonl}, fallback: a}",
+            "  a: {type: file, options: {path: a.jsonl}, fallback: b}\n"
+            "  b: {type: file, options: {path: b.jsonl}, fallback: a}",
             "sinks.a.fallback: fallbacks go round in a circle (a -> b -> a); break it",
         ),
         (
@@ -388,7 +386,8 @@ sinks:
             "sinks.a.quiet_hours: from and to are the same time",
         ),
         (
-            '  a: {type: file, options: {path: a.jsonl}, quiet_hours: {from: "21:00", to: "08:00", timezone: Mars/Olympus}}',
+            "  a: {type: file, options: {path: a.jsonl}, "
+            'quiet_hours: {from: "21:00", to: "08:00", timezone: Mars/Olympus}}',
             "sinks.a.quiet_hours.timezone: 'Mars/Olympus' is not an IANA time zone",
         ),
         (

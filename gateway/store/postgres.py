@@ -115,8 +115,8 @@ WITH claimable AS (
 UPDATE deliveries AS d SET lease_owner = %(owner)s, lease_expires_at = %(lease_until)s
 FROM claimable, events AS e
 WHERE d.id = claimable.id AND e.id = d.event_id
-RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at), d.attempts_before_requeue,
-          d.locale, e.canonical, d.reminder, d.due_at
+RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at),
+          d.attempts_before_requeue, d.locale, e.canonical, d.reminder, d.due_at
 """
 FINISH_ATTEMPT = """
 UPDATE deliveries
