@@ -45,6 +45,7 @@ from gateway.operations import (
     parse,
 )
 from gateway.plugins import plugin_manager
+from gateway.reminders import reminder_event
 from gateway.routing import Router
 
 if TYPE_CHECKING:
@@ -358,7 +359,9 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         print(f"  sink {name}: {sink.type_name}, concurrency {spec.concurrency}, timeout {spec.timeout:g}s")
     for index, route in enumerate(settings.routes):
         sources = ", ".join(route.sources) if route.sources else "any source"
-        print(f"  route {route.name or index}: {sources}, {', '.join(route.events)} -> {', '.join(route.sinks)}")
+        reminders = f", reminders {', '.join(f'{before:g}s' for before in route.reminders)}" if route.reminders else ""
+        targets = f"{', '.join(route.events)} -> {', '.join(route.sinks)}"
+        print(f"  route {route.name or index}: {sources}, {targets}{reminders}")
     unrouted = sorted(set(config.sinks) - {sink for route in settings.routes for sink in route.sinks})
     if unrouted:
         print(f"  warning: no route delivers to {', '.join(unrouted)}")
@@ -367,6 +370,10 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
     for event in _sample_events(config):
         for target in router.targets(event):
             routed[target.sink].append((event, target.locale))
+        for reminder in router.reminders(event) if event.type == "appointment.created" else ():
+            due_at = event.received_at.timestamp()
+            sample = reminder_event(event, delivery_id="check", before=reminder.before, due_at=due_at)
+            routed[reminder.sink].append((sample, reminder.locale))
     for name, sink in config.sinks.items():
         for problem in sink.check(routed[name]):
             print(f"  warning: sink {name}: {problem}")

@@ -100,7 +100,8 @@ class NotificationSink(Sink):
         problems = []
         for event, route_locale in samples:
             locale = route_locale or self.options.locale
-            where = f"{event.provider} {event.provider_event_type} ({locale})"
+            kind = event.type if event.type == REMINDER else event.provider_event_type
+            where = f"{event.provider} {kind} ({locale})"
             try:
                 message = self.messages.render(event, Delivery(id="check", sink=self.name, attempt=1, locale=locale))
             except PermanentDeliveryError as error:

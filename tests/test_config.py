@@ -400,3 +400,33 @@ def test_reminder_and_message_settings_are_checked_with_the_key_and_the_fix(
     write_config: Callable[[str], Config], yaml_text: str, expected: str
 ) -> None:
     assert expected in problems(write_config, "sinks:\n" + yaml_text + "\n")
+
+
+def test_check_config_renders_the_reminders_a_route_schedules(
+    write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        """
+        sinks:
+          sms:
+            type: twilio_sms
+            options:
+              account_sid: AC0123456789abcdef0123456789abcdef
+              auth_token: t
+              from: "+15005550006"
+              templates:
+                appointment.reminder: {body: "{{ reminder.minutes }}"}
+        routes:
+          - sources: [moncreneau]
+            events: [appointment.created, appointment.updated]
+            sinks: [sms]
+            reminders: [24h, 2h]
+        """
+    )
+    assert main(["--config", str(config.path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "route 0: moncreneau, appointment.created, appointment.updated -> sms, reminders 86400s, 7200s" in out
+    assert [line.strip() for line in out.splitlines() if "warning" in line] == [
+        "warning: sink sms: moncreneau appointment.reminder (fr): template "
+        "sinks.sms.options.templates.appointment.reminder.body failed: 'dict object' has no attribute 'minutes'"
+    ] * 2

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError
 from gateway.messages import DEFAULT_LANGUAGES, Messages, TemplateText, sms_segments
+from gateway.reminders import reminder_event
 from gateway.sinks import Delivery
 from tests.samples import ALL_SAMPLES, appointment_event, sample_event
 
@@ -22,18 +24,37 @@ def delivery(locale: str | None = None) -> Delivery:
 @pytest.mark.parametrize(("provider", "event_type"), APPOINTMENT_SAMPLES)
 def test_default_templates_render_every_sample_as_reviewed(provider: str, event_type: str, locale: str) -> None:
     """Golden files, read by a person for language quality; UPDATE_GOLDEN=1 rewrites them after a deliberate change."""
-    event = sample_event(provider, event_type)
-    sms = Messages("sms", "notify", locale, {}).render(event, delivery())
-    mail = Messages("email", "notify", locale, {}).render(event, delivery())
+    render_golden(sample_event(provider, event_type), delivery(), locale, f"{provider}.{event_type}.txt")
+
+
+def render_golden(event: AppointmentEvent, sent: Delivery, locale: str, name: str) -> None:
+    sms = Messages("sms", "notify", locale, {}).render(event, sent)
+    mail = Messages("email", "notify", locale, {}).render(event, sent)
     rendered = f"SMS ({sms_segments(sms.body).count} segment(s), {sms_segments(sms.body).encoding}):\n{sms.body}\n\n"
     rendered += f"Subject: {mail.subject}\n\n{mail.body}\n"
-    path = GOLDEN / locale / f"{provider}.{event_type}.txt"
+    path = GOLDEN / locale / name
     reviewed = path.read_text(encoding="utf-8") if path.exists() else None
     if os.environ.get("UPDATE_GOLDEN") and rendered != reviewed:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered, encoding="utf-8")
         pytest.fail(f"{path} rewritten: review the difference (git diff), then run the tests again without it")
     assert rendered == reviewed
+
+
+@pytest.mark.parametrize("locale", DEFAULT_LANGUAGES)
+@pytest.mark.parametrize(
+    ("provider", "event_type"), [("moncreneau", "appointment.created"), ("yappointment", "booking.created")]
+)
+@pytest.mark.parametrize("before", [86400.0, 7200.0, 3 * 86400.0])
+def test_default_reminders_say_today_tomorrow_or_the_date(
+    provider: str, event_type: str, locale: str, before: float
+) -> None:
+    booked = sample_event(provider, event_type)
+    assert booked.appointment is not None and booked.appointment.starts_at is not None
+    due_at = booked.appointment.starts_at.timestamp() - before
+    event = reminder_event(booked, delivery_id="dlv-r", before=before, due_at=due_at)
+    sent = Delivery(id="dlv-r", sink="notify", attempt=1, attempted_at=due_at)
+    render_golden(event, sent, locale, f"{provider}.appointment.reminder.{before:.0f}.txt")
 
 
 def test_dates_are_said_in_the_appointments_own_zone_and_language() -> None:
