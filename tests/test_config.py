@@ -349,8 +349,13 @@ def test_every_commented_example_in_the_example_configuration_is_valid(
         "everything-to-the-journal",
         "passport-service-to-crm",
         "english-speaking-department",
-        "customers-by-sms",
+        "clinic",
+        "customers-by-email",
     ]
+    clinic = config.settings.routes[3]
+    assert clinic.reminders == [86400.0, 7200.0]
+    sms = config.settings.sinks["sms"]
+    assert (sms.fallback, sms.quiet_hours is not None, sms.supersede) == ("email", True, None)
 
 
 JOURNAL = "  journal: {type: file, options: {path: j.jsonl}}\nroutes:\n  - "
