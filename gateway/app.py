@@ -160,7 +160,7 @@ def probe_routes(
 
     async def prometheus(request: Request) -> Response:
         try:
-            stats, paused = await store.sink_stats(now=clock.now()), await store.paused_sinks()
+            stats, paused = await store.sink_stats(list(config.sinks), now=clock.now()), await store.paused_sinks()
             metrics.observe_queues(config.sinks, stats, paused)
             metrics.storage_up.set(1)
         except StorageError as error:

@@ -232,7 +232,7 @@ class Worker:
         if self.alerts is None:
             return
         try:
-            stats = await self.store.sink_stats(now=self.clock.now())
+            stats = await self.store.sink_stats(list(self.lanes), now=self.clock.now())
         except StorageError as error:
             logger.error("cannot check the sinks' backlogs: %s", error)
             return

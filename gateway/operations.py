@@ -217,7 +217,7 @@ class Operations:
         return {"discarded": delivery_id}
 
     async def list_sinks(self) -> dict[str, Any]:
-        stats, paused = await self.store.sink_stats(now=self.clock.now()), await self.store.paused_sinks()
+        stats, paused = await self.store.sink_stats(self.sinks, now=self.clock.now()), await self.store.paused_sinks()
         rows = []
         for sink in self.sinks:
             current = stats.get(sink, SinkStats(0, 0, 0.0, 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.routing import Target
 from gateway.store.buckets import Taken
@@ -180,6 +180,15 @@ class SinkStats:
     dead: int
 
 
+def sink_stats(rows: dict[str, Any], now: float) -> dict[str, SinkStats]:
+    """SinkStats from each sink's (pending, due, oldest due time, dead) row; sinks with nothing left out."""
+    return {
+        sink: SinkStats(pending, due, now - oldest if oldest is not None else 0.0, dead)
+        for sink, (pending, due, oldest, dead) in rows.items()
+        if pending or dead
+    }
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect; raise StorageError when the database cannot be used (unreachable, schema behind or ahead)."""
@@ -328,8 +337,9 @@ class Store(Protocol):
         """Delete tombstones made before `tombstones_before` and sink state last written before `state_before`."""
         ...
 
-    async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
-        """Queue depth, due backlog, age of the oldest due delivery and dead letters, per sink."""
+    async def sink_stats(self, sinks: Sequence[str], *, now: float) -> dict[str, SinkStats]:
+        """Queue depth, due backlog, age of the oldest due delivery and dead letters, of each of these sinks that
+        has any."""
         ...
 
     async def ping(self) -> None:

@@ -38,6 +38,7 @@ from gateway.store.base import (
     SinkStats,
     Transition,
     Withheld,
+    sink_stats,
 )
 from gateway.store.buckets import Taken
 from gateway.store.follow_up import ringing, withheld
@@ -50,7 +51,7 @@ from gateway.store.queries import (
     event_conditions,
     summary,
 )
-from gateway.store.statements import attempt_row, delivery_rows, for_psycopg
+from gateway.store.statements import attempt_row, delivery_rows, for_psycopg, sink_stats_row
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -159,18 +160,7 @@ PURGE = (
     "DELETE FROM deliveries WHERE event_id = ANY(%s)",
     "DELETE FROM events WHERE id = ANY(%s)",
 )
-SINK_STATS = """
-SELECT sink,
-       count(*) FILTER (WHERE status = 'pending'),
-       count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= %(now)s
-                        AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)),
-       min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= %(now)s
-                                    AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)),
-       count(*) FILTER (WHERE status = 'dead')
-FROM deliveries
-WHERE status IN ('pending', 'dead')
-GROUP BY sink
-"""
+SINK_STATS = for_psycopg(statements.SINK_STATS)
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = %s AND left(key, %s) = %s ORDER BY key"
 CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS gateway_schema_migrations (
@@ -568,13 +558,12 @@ class PostgresStore:
 
         await self._run(forget)
 
-    async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
+    async def sink_stats(self, sinks: Sequence[str], *, now: float) -> dict[str, SinkStats]:
         async def stats(conn: psycopg.AsyncConnection[Any]) -> dict[str, SinkStats]:
-            rows = await (await conn.execute(SINK_STATS, {"now": now})).fetchall()
-            return {
-                sink: SinkStats(pending, due, now - oldest if oldest is not None else 0.0, dead)
-                for sink, pending, due, oldest, dead in rows
+            rows = {
+                sink: await (await conn.execute(SINK_STATS, sink_stats_row(sink, now))).fetchone() for sink in sinks
             }
+            return sink_stats(rows, now)
 
         return await self._run(stats)
 

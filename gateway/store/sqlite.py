@@ -39,6 +39,7 @@ from gateway.store.base import (
     SinkStats,
     Transition,
     Withheld,
+    sink_stats,
 )
 from gateway.store.buckets import Taken
 from gateway.store.doorbell import Doorbell
@@ -79,8 +80,10 @@ from gateway.store.statements import (
     SET_PAUSED,
     SET_STATE,
     SETTLE,
+    SINK_STATS,
     attempt_row,
     delivery_rows,
+    sink_stats_row,
 )
 
 SCHEMA_VERSION = 2
@@ -267,17 +270,9 @@ PURGE = (
     "DELETE FROM deliveries WHERE event_id IN ({ids})",
     "DELETE FROM events WHERE id IN ({ids})",
 )
-SINK_STATS = """
-SELECT sink,
-       sum(status = 'pending'),
-       sum(status = 'pending' AND next_attempt_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)),
-       min(CASE WHEN status = 'pending' AND next_attempt_at <= :now
-                     AND (lease_expires_at IS NULL OR lease_expires_at <= :now) THEN next_attempt_at END),
-       sum(status = 'dead')
-FROM deliveries
-WHERE status IN ('pending', 'dead')
-GROUP BY sink
-"""
+BY_EVENT = "INDEXED BY deliveries_one"
+"""Without statistics SQLite rates an event's deliveries (deliveries_one) no better than every pending delivery of a
+sink (deliveries_due): the follow-up statements name the index."""
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
 
 logger = logging.getLogger(__name__)
@@ -404,7 +399,7 @@ class SQLiteStore:
                 db.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
                 found: list[Withheld] = []
                 if follow_up is not None:
-                    for step in follow_up_steps(event, follow_up, now=event.received_at):
+                    for step in follow_up_steps(event, follow_up, now=event.received_at, by_event=BY_EVENT):
                         found += withheld(db.execute(step.sql, step.parameters).fetchall())
                 return Ingested(event_id=event.id, duplicate=False, withheld=tuple(found))
 
@@ -627,12 +622,11 @@ class SQLiteStore:
 
         await self._run(forget)
 
-    async def sink_stats(self, *, now: float) -> dict[str, SinkStats]:
+    async def sink_stats(self, sinks: Sequence[str], *, now: float) -> dict[str, SinkStats]:
         def stats(db: sqlite3.Connection) -> dict[str, SinkStats]:
-            return {
-                sink: SinkStats(pending, due, now - oldest if oldest is not None else 0.0, dead)
-                for sink, pending, due, oldest, dead in db.execute(SINK_STATS, {"now": now})
-            }
+            return sink_stats(
+                {sink: db.execute(SINK_STATS, sink_stats_row(sink, now)).fetchone() for sink in sinks}, now
+            )
 
         return await self._read(stats)
 

@@ -81,6 +81,23 @@ SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at), dead_reason = ?,
 WHERE id = ? AND lease_owner = ?
 """
 
+# One sink's queue, each figure from its own index range: a million deliveries scheduled ahead cost a scrape only
+# the index-only count of its pending ones, not a read of every row.
+SINK_STATS = """
+SELECT
+  (SELECT count(*) FROM deliveries WHERE sink = ? AND status = 'pending'),
+  (SELECT count(*) FROM deliveries WHERE sink = ? AND status = 'pending' AND next_attempt_at <= ?
+     AND (lease_expires_at IS NULL OR lease_expires_at <= ?)),
+  (SELECT min(next_attempt_at) FROM deliveries WHERE sink = ? AND status = 'pending' AND next_attempt_at <= ?
+     AND (lease_expires_at IS NULL OR lease_expires_at <= ?)),
+  (SELECT count(*) FROM deliveries WHERE sink = ? AND status = 'dead')
+"""
+
+
+def sink_stats_row(sink: str, now: float) -> tuple[Any, ...]:
+    return (sink, sink, now, now, sink, now, now, sink)
+
+
 NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ? AND status = 'pending' AND next_attempt_at > ?"
 
 # Paused sinks: every worker reads them before it claims.

@@ -328,7 +328,7 @@ async def test_skipped_deliveries_are_recorded_with_their_reason_and_never_claim
         ("sms", "skipped", "stale"),
     ]
     assert await store.claim("crm", limit=10, now=5000.0, owner="w", lease_until=5100.0) == []
-    assert (await store.sink_stats(now=5000.0)).get("crm") is None
+    assert (await store.sink_stats(["crm"], now=5000.0)).get("crm") is None
 
 
 async def test_sink_state_not_written_since_the_cut_off_is_forgotten(store: Store) -> None:
@@ -385,10 +385,11 @@ async def test_sink_stats_count_the_queue_and_the_dead(store: Store) -> None:
     await store.ingest(event, targets("sms"))
     await finish(store, event, "sms", "dead")
     await store.claim("crm", limit=1, now=1100.0, owner="w", lease_until=1130.0)
-    stats = await store.sink_stats(now=1100.0)
+    stats = await store.sink_stats(["crm", "sms", "email"], now=1100.0)
     assert stats["crm"].pending == 3 and stats["crm"].due == 2 and stats["crm"].dead == 0
     assert stats["crm"].oldest_due_age == pytest.approx(99.0)  # the first one is leased, not due
     assert (stats["sms"].pending, stats["sms"].dead, stats["sms"].oldest_due_age) == (0, 1, 0.0)
+    assert "email" not in stats  # nothing queued, nothing dead
     await store.ping()
 
 

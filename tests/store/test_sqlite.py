@@ -170,7 +170,7 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         tasks.start_soon(store._write, slow_write)
         await anyio.to_thread.run_sync(writing.wait)
         with anyio.fail_after(2):  # the scrape and the admin read, while the writer's thread is busy
-            stats = await store.sink_stats(now=2000.0)
+            stats = await store.sink_stats(["crm"], now=2000.0)
             assert await store.count_events() == 1
         release.set()
     await store.close()
