@@ -11,7 +11,8 @@ Measured in one sitting, each figure beside its baseline:
 - idle: `serve` on that store, and on an empty one, doing nothing for `--idle` seconds: its CPU (% of one core) and
   resident memory;
 - lateness: `--due` more bookings whose 24 h reminder falls due 5 to 10 s later, posted to each: how long after its
-  due time each reminder reached the receiver (median, p99, max).
+  due time each reminder reached the receiver (median, p99, max);
+- a /metrics scrape's time (it counts each sink's pending deliveries, reminders included).
 
 With `--postgres URL` (an empty database the benchmark may fill) the store is PostgreSQL and `serve` runs
 `--processes` processes. Needs wrk (Debian package `wrk`).
@@ -107,7 +108,7 @@ routes:
 async def fill(storage: str, bookings: int, first: int) -> None:
     """`bookings` more events with their four reminders, through the store's own ingest (concurrent ingests share
     group commits)."""
-    store: Store = store_for(StorageConfig(url=storage))
+    store: Store = store_for(StorageConfig(url=storage, pool_max=16, busy_timeout=120))  # they queue for the pool
     await store.open()
     start = datetime.now(UTC) + AHEAD
     now = time.time()
@@ -158,8 +159,9 @@ def serve(config: Path, port: int, work: Path, processes: int) -> subprocess.Pop
 
 def idle_and_lateness(
     config: Path, port: int, work: Path, args: argparse.Namespace, receiver_url: str, first: int
-) -> tuple[float, float, list[float]]:
-    """CPU (% of a core) and RSS (MiB) of an idle `serve`, then the lateness of `--due` reminders due soon."""
+) -> tuple[float, float, list[float], float]:
+    """CPU (% of a core) and RSS (MiB) of an idle `serve`, the lateness of `--due` reminders due soon, and the
+    median time of a /metrics scrape (which counts each sink's queue)."""
     gateway = serve(config, port, work, args.processes)
     try:
         time.sleep(3)  # start-up done
@@ -167,6 +169,11 @@ def idle_and_lateness(
         time.sleep(args.idle)
         cpu = (cpu_seconds(gateway.pid) - cpu_before) * 100 / args.idle
         rss = rss_mib(gateway.pid, "VmRSS")
+        scrapes = []
+        for _ in range(5):
+            began = time.perf_counter()
+            httpx.get(f"http://127.0.0.1:{port}/metrics").raise_for_status()
+            scrapes.append(time.perf_counter() - began)
         before = len(httpx.get(f"{receiver_url}/lateness").json())
         soon = datetime.now(UTC) + timedelta(hours=24, seconds=5)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
@@ -179,7 +186,7 @@ def idle_and_lateness(
             if time.monotonic() > deadline:
                 raise RuntimeError("the reminders due soon did not all arrive within a minute")
             time.sleep(0.2)
-        return cpu, rss, late[before:]
+        return cpu, rss, late[before:], statistics.median(scrapes)
     finally:
         stop([gateway])
 
@@ -252,6 +259,7 @@ def main() -> int:
     print(f"{'ingest requests/s (wrk, flat out)':34}{base['rps']:>14.0f}{loaded['rps']:>20.0f}{ratio:>8.2f}")
     print(f"{'idle CPU, % of one core':34}{empty[0]:>14.2f}{full[0]:>20.2f}")
     print(f"{'resident memory, MiB':34}{empty[1]:>14.0f}{full[1]:>20.0f}{full[1] / empty[1]:>8.2f}")
+    print(f"{'/metrics scrape, ms (median of 5)':34}{empty[3] * 1000:>14.1f}{full[3] * 1000:>20.1f}")
     for name, pick in (("median", statistics.median), ("p99", _p99), ("max", max)):
         print(f"{f'lateness {name}, ms':34}{pick(empty[2]) * 1000:>14.1f}{pick(full[2]) * 1000:>20.1f}")
     return 0

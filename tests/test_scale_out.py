@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from gateway.cli import main
+from gateway.signing import hmac_sha256_hex
 from tests.conftest import MONCRENEAU_SECRET
 from tests.helpers import free_port, signed, until
 from tests.receiver import receiver
@@ -156,3 +157,79 @@ routes:
         assert answers == {202: EVENTS, 200: SENT_TO_BOTH}
         assert (events, deliveries, len(received)) == (EVENTS, EVENTS, EVENTS)
         assert duplicated <= in_flight
+
+
+@pytest.mark.fault
+async def test_two_workers_on_postgresql_send_each_reminder_of_the_final_state_once_on_time(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Forty appointments with a reminder due 6 to 10 s ahead, through one ingest replica and two workers: a third
+    moved two seconds later, a third cancelled. Each reminder left is sent once, at the moved time, by either
+    worker; none for a cancelled appointment."""
+    async with receiver() as crm:
+        port, config = free_port(), tmp_path / "config.yaml"
+        config.write_text(
+            f"""
+storage: {{url: "{postgres_url}", pool_max: 4}}
+worker: {{poll_interval: 30s}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{MONCRENEAU_SECRET}], timezone: Africa/Conakry}}
+sinks:
+  crm: {{type: http, options: {{url: "{crm.url}/crm"}}, concurrency: 8}}
+routes:
+  - events: [appointment.created, appointment.updated, appointment.cancelled]
+    sinks: [crm]
+    reminders: [24h]
+"""
+        )
+        assert await anyio.to_thread.run_sync(main, ["-c", str(config), "migrate"]) == 0
+        wall, clock = time.time(), time.monotonic()
+        due = {n: float(int(wall) + 6 + n % 5) for n in range(40)}
+        with ExitStack() as processes:
+            processes.enter_context(
+                process(tmp_path / "serve.log", config, "serve", "--no-worker", "--port", str(port))
+            )
+            for index in (0, 1):
+                processes.enter_context(process(tmp_path / f"worker{index}.log", config, "worker"))
+            async with httpx.AsyncClient(timeout=10) as client:
+                url = f"http://127.0.0.1:{port}/webhooks/moncreneau"
+
+                async def healthy() -> bool:
+                    try:
+                        return (await client.get(url.replace("/webhooks/moncreneau", "/healthz"))).is_success
+                    except httpx.HTTPError:
+                        return False
+
+                await until(healthy, "the replica to listen", 30)
+
+                async def post(n: int, kind: str, at: float, sequence: int) -> None:
+                    body = json.loads(signed(n)[0])
+                    body["id"], body["type"] = f"evt_{n}_{sequence}", f"appointment.{kind}"
+                    body["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall - 60 + sequence))
+                    body["data"]["object"]["dateTime"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at + 86400))
+                    raw = json.dumps(body).encode()
+                    headers = {"X-Moncreneau-Signature": "sha256=" + hmac_sha256_hex(MONCRENEAU_SECRET, raw)}
+                    assert (await client.post(url, content=raw, headers=headers)).status_code == 202
+
+                for n, at in due.items():
+                    await post(n, "created", at, 0)
+                for n, at in due.items():
+                    if n % 3 == 1:
+                        due[n] = at + 2
+                        await post(n, "updated", due[n], 1)
+                    elif n % 3 == 2:
+                        await post(n, "cancelled", at, 1)
+                assert time.time() < min(due.values()), "the machine was too slow: a reminder was due already"
+                expected = {str(n): at for n, at in due.items() if n % 3 != 2}
+
+                def reminders() -> list[tuple[str, float]]:
+                    bodies = [(json.loads(r.body), r.arrived_at) for r in crm.requests]
+                    return [(b["appointment"]["id"], t) for b, t in bodies if b["type"] == "appointment.reminder"]
+
+                await until(lambda: len(reminders()) >= len(expected), "every reminder left", 30)
+                await until(lambda: time.time() > max(due.values()) + 1.5, "a moment past the last due time", 30)
+    sent = reminders()
+    lateness = sorted(t - clock - (expected[appointment] - wall) for appointment, t in sent)
+    print(f"{len(sent)} reminders from two workers on PostgreSQL; lateness {lateness[0]:.3f}s to {lateness[-1]:.3f}s")
+    assert sorted(appointment for appointment, _ in sent) == sorted(expected)  # once each, none cancelled
+    assert lateness[0] > -0.05 and lateness[-1] < 1.5  # at the moved time, not the first one

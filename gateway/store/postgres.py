@@ -289,8 +289,12 @@ class PostgresStore:
                     await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
             found: list[Withheld] = []
             if follow_up is not None:
-                for step in follow_up_steps(event, follow_up, now=event.received_at):
-                    cursor = await conn.execute(for_psycopg(step.sql), step.parameters)
+                async with conn.pipeline():  # one round trip for them all, not one per statement
+                    cursors = [
+                        await conn.execute(for_psycopg(step.sql), step.parameters)
+                        for step in follow_up_steps(event, follow_up, now=event.received_at)
+                    ]
+                for cursor in cursors:
                     if cursor.description is not None:
                         found += withheld(await cursor.fetchall())
             if skipped is None and (rung := ringing(targets, follow_up)):
