@@ -23,6 +23,7 @@ from gateway.plugins import plugin_manager
 from gateway.signing import hmac_sha256_hex
 from gateway.store.sqlite import SQLiteStore
 from tests.peers import postgres_database, prism
+from tests.receiver import Answer, Receiver, receiver
 
 if TYPE_CHECKING:
     from tests.helpers import Mailbox
@@ -119,6 +120,24 @@ async def gateway(write_config: Callable[[str], Config]) -> AsyncIterator[Runnin
     """A gateway with the ROUTED sinks, its worker driven by the test."""
     async with running_gateway(write_config(ROUTED)) as running:
         yield running
+
+
+TWILIO_SMS = """  sms:
+    type: twilio_sms
+    options:
+      account_sid: AC0123456789abcdef0123456789abcdef
+      auth_token: t
+      from: "+15005550006"
+"""
+"""The head of a sink named `sms` (Twilio, test credentials) for a `sinks:` block; its options go on at six spaces."""
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[Receiver]:
+    """A real HTTP server standing in for Twilio's API: it answers every message 201 with a sid."""
+    async with receiver() as endpoint:
+        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM1"}).encode())
+        yield endpoint
 
 
 @pytest.fixture

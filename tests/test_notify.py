@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import pytest
@@ -12,9 +12,9 @@ from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.operations import DeadLetterFilter, EventFilter, OperationError, Pause, Replay
 from gateway.sources.base import load_samples
-from tests.conftest import running_gateway
+from tests.conftest import TWILIO_SMS, running_gateway
 from tests.helpers import Mailbox, metric
-from tests.receiver import Answer, Receiver, receiver
+from tests.receiver import Answer, Receiver
 
 pytestmark = pytest.mark.anyio
 SMS = """
@@ -34,19 +34,13 @@ routes:
 """
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[Receiver]:
-    async with receiver() as endpoint:
-        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM2"}).encode())
-        yield endpoint
-
-
 async def test_a_retry_after_a_partial_failure_only_sends_what_was_not_sent(
     write_config: Callable[[str], Config], twilio: Receiver
 ) -> None:
     twilio.script(
         Answer(201, {"Content-Type": "application/json"}, b'{"sid": "SM1"}'),
         Answer(503, {"Content-Type": "application/json"}, b'{"code": 20500, "message": "busy", "status": 503}'),
+        Answer(201, {"Content-Type": "application/json"}, b'{"sid": "SM2"}'),
     )
     async with running_gateway(write_config(SMS.format(url=twilio.url))) as gateway:
         event_id = (await gateway.post_moncreneau(load_samples("moncreneau.json")["appointment.created"])).json()[
@@ -218,15 +212,12 @@ async def test_a_message_that_would_arrive_too_late_is_skipped_as_expired(
     assert twilio.requests == []
 
 
-FALLBACK = """
+FALLBACK = (
+    """
 sinks:
-  sms:
-    type: twilio_sms
-    options:
-      account_sid: AC0123456789abcdef0123456789abcdef
-      auth_token: t
-      from: "+15005550006"
-      api_url: {url}
+"""
+    + TWILIO_SMS
+    + """      api_url: {url}
     fallback: email
   email:
     type: smtp_email
@@ -235,6 +226,7 @@ routes:
   - events: [appointment.created]
     sinks: [sms]
 """
+)
 
 
 @pytest.mark.parametrize("cause", ["no phone", "a number Twilio refuses"])

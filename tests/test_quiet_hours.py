@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +13,10 @@ from gateway.config import Config
 from gateway.quiet_hours import QuietHours
 from gateway.store.base import DeliveryRow, Store
 from gateway.store.postgres import PostgresStore
-from tests.conftest import MONCRENEAU_SECRET, Running, running_gateway
+from tests.conftest import MONCRENEAU_SECRET, TWILIO_SMS, Running, running_gateway
 from tests.helpers import metric, sample
 from tests.peers import postgres_database
-from tests.receiver import Answer, Receiver, receiver
+from tests.receiver import Receiver
 
 NIGHT = QuietHours.model_validate({"from": "21:00", "to": "08:00"})
 
@@ -81,7 +80,8 @@ def test_bad_quiet_hours_are_refused(given: dict[str, str], problem: str) -> Non
         QuietHours.model_validate(given)
 
 
-QUIET = """
+QUIET = (
+    """
 sources:
   moncreneau:
     type: moncreneau
@@ -89,13 +89,9 @@ sources:
     timezone: {zone}
     default_region: GN
 sinks:
-  sms:
-    type: twilio_sms
-    options:
-      account_sid: AC0123456789abcdef0123456789abcdef
-      auth_token: t
-      from: "+15005550006"
-      api_url: {url}
+"""
+    + TWILIO_SMS
+    + """      api_url: {url}
       expire_before_start: 30m
     quiet_hours: {{from: "21:00", to: "08:00"}}
 routes:
@@ -103,13 +99,7 @@ routes:
     sinks: [sms]
     reminders: [2h]
 """
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[Receiver]:
-    async with receiver() as endpoint:
-        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM1"}).encode())
-        yield endpoint
+)
 
 
 def quiet(write_config: Callable[..., Config], twilio: Receiver, zone: str) -> Config:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Config
 from gateway.store.base import DeliveryRow
-from tests.conftest import Running, running_gateway
+from tests.conftest import TWILIO_SMS, Running, running_gateway
 from tests.helpers import metric, sample
 from tests.receiver import Answer, Receiver, receiver
 
@@ -22,15 +22,12 @@ pytestmark = pytest.mark.anyio
 HOUR = 3600.0
 DAY = 86400.0
 
-CLINIC = """
+CLINIC = (
+    """
 sinks:
-  sms:
-    type: twilio_sms
-    options:
-      account_sid: AC0123456789abcdef0123456789abcdef
-      auth_token: t
-      from: "+15005550006"
-      api_url: {twilio}
+"""
+    + TWILIO_SMS
+    + """      api_url: {twilio}
     retry: {{schedule: [1m, 5m]}}
   crm:
     type: http
@@ -42,6 +39,7 @@ routes:
   - events: ["appointment.*"]
     sinks: [crm]
 """
+)
 
 
 def at(text: str) -> float:
@@ -56,13 +54,6 @@ def booking(kind: str, *, event: str, occurred: str, starts: str, appointment: i
     body["data"]["object"].update(id=appointment, dateTime=starts)
     body["data"]["object"].pop("changes", None)
     return body
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[Receiver]:
-    async with receiver() as endpoint:
-        endpoint.default = Answer(201, {"Content-Type": "application/json"}, json.dumps({"sid": "SM1"}).encode())
-        yield endpoint
 
 
 @pytest.fixture
