@@ -376,3 +376,17 @@ async def test_a_reminder_failing_days_after_its_booking_is_retried_not_given_up
     assert [(row.status, row.attempts, row.next_attempt_at) for row in reminded] == [
         ("pending", 1, at("2026-01-25T12:31:00"))
     ] * 2
+
+
+@pytest.mark.parametrize("ending", ["validated", "completed"])
+async def test_a_validation_or_a_completion_withdraws_the_reminders_left(clinic: Running, ending: str) -> None:
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    ended = await post(
+        clinic, booking(ending, event="e2", occurred="2026-01-24T20:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    assert [row[3:] for row in await reminders(clinic, created, ended)] == [
+        ("superseded", f"appointment {ending}"),
+        ("superseded", f"appointment {ending}"),
+    ]

@@ -19,6 +19,7 @@ from icalendar import Calendar
 from gateway.config import Config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
+from gateway.reminders import reminder_event
 from gateway.sinks import Delivery, MemoryState, Receipt
 from gateway.sources.base import load_samples
 from tests.conftest import running_gateway
@@ -354,3 +355,12 @@ async def test_without_a_server_the_sink_still_feeds(write_config: Callable[[str
 def test_impossible_settings_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CalDAVOptions.model_validate(options)
+
+
+async def test_a_reminder_changes_nothing_in_the_calendar(home: str) -> None:
+    created = story(31, *CREATED)
+    reminder = reminder_event(created, delivery_id="d-reminder", before=7200.0, due_at=1.0)
+    state = MemoryState()
+    (receipt,) = await deliver(sink(home), state, reminder)
+    assert receipt is not None and receipt.detail == "appointment.reminder: nothing to put in a calendar"
+    assert stored(home, 31) is None and state.values == {}
