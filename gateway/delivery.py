@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gateway.alerts import Alerts, is_alert
 from gateway.circuit import Circuit, CircuitPolicy, State
 from gateway.clock import Clock, SystemClock, to_datetime
-from gateway.events import STORED, AppointmentEvent
+from gateway.events import STORED, AppointmentEvent, carried_forward, merged
 from gateway.exceptions import (
     NO_RECIPIENT,
     RECIPIENT_REASONS,
@@ -39,11 +39,14 @@ from gateway.reminders import reminder_event
 from gateway.retry import GiveUp, RetryPolicy, after_failure
 from gateway.sinks import Delivery, Sink
 from gateway.store.base import AttemptRecord, ClaimedDelivery, Outcome, Store, Transition
+from gateway.store.queries import EventQuery
 
 logger = logging.getLogger(__name__)
 ERROR_EXCERPT = 500
 PAUSES_READ_EVERY = 1.0
 """Seconds a worker trusts what it last read of the paused sinks: every process obeys a pause within this."""
+STATE_EVENTS = 100
+"""A reminder's appointment state is folded from at most this many of its latest events."""
 AUTHENTICATION_FAILED = "authentication failed"
 """A sink's refused credentials: the sink is paused until an operator resumes it, not every message dead-lettered."""
 
@@ -392,8 +395,8 @@ class Worker:
         """Whether the sink's quiet hours hold the delivery back, spending no attempt: postponed to their end, or
         skipped when that end is past the latest time its message is worth sending."""
         try:
-            event = self._event(claimed)
-        except ValidationError:
+            event = await self._event(claimed)
+        except (ValidationError, StorageError):
             return False  # the attempt reports it
         now = self.clock.now()
         end = quiet.end(now, event.appointment.timezone if event.appointment else None)
@@ -411,20 +414,37 @@ class Worker:
         await self.store.settle(claimed.id, self.owner, transition, note=note, now=now)
         return True
 
-    def _event(self, claimed: ClaimedDelivery) -> AppointmentEvent:
-        """The event to deliver: the stored one, or for a reminder, the reminder of the appointment it carries."""
+    async def _event(self, claimed: ClaimedDelivery) -> AppointmentEvent:
+        """The event to deliver: the stored one, or for a reminder, the reminder of the appointment as its events
+        left it (the latest one, what it leaves out filled from the earlier ones)."""
         event = AppointmentEvent.model_validate_json(claimed.canonical, context=STORED)
-        if claimed.reminder is None:
+        if claimed.reminder is None or event.appointment is None:
             return event
+        query = EventQuery(source=event.source, appointment=event.appointment.id)
+        earlier = [
+            summary
+            for summary in await self.store.list_events(query, limit=STATE_EVENTS)
+            if summary.id != event.id
+            and summary.type is not None
+            and summary.occurred_at <= event.occurred_at.timestamp()
+        ]
+        state = None
+        for summary in sorted(earlier, key=lambda summary: (summary.occurred_at, summary.received_at)):
+            record = await self.store.get_event(summary.id)
+            if record is not None and record.canonical is not None:
+                state = merged(state, json.loads(record.canonical))
         due_at = claimed.due_at if claimed.due_at is not None else self.clock.now()
-        return reminder_event(event, delivery_id=claimed.id, before=claimed.reminder, due_at=due_at)
+        latest = carried_forward(state, event)
+        return reminder_event(latest, delivery_id=claimed.id, before=claimed.reminder, due_at=due_at)
 
     async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
         try:
-            event = self._event(claimed)
+            event = await self._event(claimed)
         except ValidationError as error:  # stored by another version, or damaged: trying again cannot help
             detail = _excerpt(error, "the stored event cannot be read: ")
             return _Result("permanent", detail=detail, dead_reason="unreadable event")
+        except StorageError as error:
+            return _Result("retryable", detail=_excerpt(error, "cannot read the appointment's events: "))
         try:
             delivery = Delivery(
                 id=claimed.id,

@@ -171,3 +171,18 @@ class AppointmentEvent(_Model):
         if self.customer is not None and self.customer.id is not None:
             return f"{self.source}:customer:{self.customer.id}"
         return None
+
+
+def carried_forward(previous: dict[str, Any] | None, event: AppointmentEvent) -> AppointmentEvent:
+    """The event, with what it leaves out (null) taken from `previous`, the JSON of the appointment's state before
+    it: a provider's update may carry only what changed (moncreneau's has no department)."""
+    if previous is None:
+        return event
+    return AppointmentEvent.model_validate(merged(previous, event.model_dump(mode="json", by_alias=True)))
+
+
+def merged(previous: Any, current: Any) -> Any:
+    """`current`, with its nulls (at any depth) filled from `previous`."""
+    if isinstance(previous, dict) and isinstance(current, dict):
+        return {key: merged(previous.get(key), current.get(key)) for key in previous.keys() | current.keys()}
+    return previous if current is None else current

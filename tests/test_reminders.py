@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
+from gateway.exceptions import StorageError
 from gateway.store.base import DeliveryRow
 from tests.conftest import TWILIO_SMS, Running, running_gateway
 from tests.helpers import metric, sample
@@ -145,7 +146,7 @@ async def test_an_update_that_keeps_the_time_keeps_the_reminders_and_they_carry_
         clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
     )
     renamed = booking("updated", event="e2", occurred="2026-01-22T09:00:00Z", starts="2026-01-25T14:30:00")
-    renamed["data"]["object"].update(name="Mariama Diallo", department={"id": 5, "name": "Passeports"})
+    renamed["data"]["object"]["name"] = "Mariama Diallo"  # and, as moncreneau's updates do, no department
     updated = await post(clinic, renamed)
     assert await reminders(clinic, created) == []  # not withdrawn and made again: moved to the latest event
     assert [row[3] for row in await reminders(clinic, updated)] == ["pending", "pending"]
@@ -156,7 +157,9 @@ async def test_an_update_that_keeps_the_time_keeps_the_reminders_and_they_carry_
     clinic.clock.advance(at("2026-01-24T14:30:00") - clinic.clock.now())  # 24 h before: a Saturday, the day before
     assert await clinic.worker.run_due() == 1
     (sms,) = twilio.requests
-    assert "Rappel : Mariama Diallo, votre rendez-vous (Passeports) est demain à 14:30." in _form(sms.body)["Body"]
+    assert (
+        "Rappel : Mariama Diallo, votre rendez-vous (Passport Service) est demain à 14:30." in _form(sms.body)["Body"]
+    )
     assert crm.requests == []  # reminders go where a route schedules them, nowhere else
 
 
@@ -390,3 +393,24 @@ async def test_a_validation_or_a_completion_withdraws_the_reminders_left(clinic:
         ("superseded", f"appointment {ending}"),
         ("superseded", f"appointment {ending}"),
     ]
+
+
+async def test_a_reminder_whose_appointment_cannot_be_read_is_retried(
+    clinic: Running, twilio: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await post(
+        clinic, booking("created", event="e1", occurred="2026-01-21T09:00:00Z", starts="2026-01-25T14:30:00")
+    )
+    while await clinic.worker.run_due():
+        pass
+    requests = len(twilio.requests)
+
+    async def storage_down(*args: object, **kwargs: object) -> None:
+        raise StorageError("database is locked")
+
+    monkeypatch.setattr(clinic.store, "list_events", storage_down)
+    clinic.clock.advance(at("2026-01-24T14:30:00") - clinic.clock.now())
+    assert await clinic.worker.run_due() == 1
+    (day,) = [row for row in await clinic.store.deliveries(created) if row.reminder == DAY]
+    assert (day.status, day.attempts) == ("pending", 1) and len(twilio.requests) == requests
+    assert day.last_error == "cannot read the appointment's events: database is locked"

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import anyio.to_thread
 import httpx
@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import hookimpl
 from gateway.cleaning import CONTROL
 from gateway.durations import Duration
-from gateway.events import REMINDER, AppointmentEvent
+from gateway.events import REMINDER, AppointmentEvent, carried_forward
 from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import known_locale
 from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, SinkState
@@ -136,7 +136,7 @@ class CalDAVSink(Sink):
         remembered = json.loads(await delivery.state.get(key) or "null")
         if remembered is not None and remembered["occurred_at"] > event.occurred_at.timestamp():
             return Receipt(detail=f"stale: the calendar reflects a later event ({remembered['event_id']})")
-        merged = _carry_forward(remembered["snapshot"] if remembered else None, event)
+        merged = carried_forward(remembered["snapshot"] if remembered else None, event)
         calendar = self._calendar_for(merged)
         delete = self.options.on_cancel == "delete" and _cancelled(merged)
         vevent = None if delete else self._vevent(merged, uid, delivery)
@@ -317,20 +317,6 @@ def _classified(status: int, what: str) -> PermanentDeliveryError | RetryableDel
 def _cancelled(event: AppointmentEvent) -> bool:
     status = event.appointment.status if event.appointment else None
     return event.type == "appointment.cancelled" or status == "cancelled"
-
-
-def _carry_forward(previous: dict[str, Any] | None, event: AppointmentEvent) -> AppointmentEvent:
-    """The event, with what it does not say taken from the snapshot of the earlier ones."""
-    current = event.model_dump(mode="json", by_alias=True)
-    if previous is None:
-        return event
-    return AppointmentEvent.model_validate(_merge(previous, current))
-
-
-def _merge(previous: Any, current: Any) -> Any:
-    if isinstance(previous, dict) and isinstance(current, dict):
-        return {key: _merge(previous.get(key), current.get(key)) for key in previous.keys() | current.keys()}
-    return previous if current is None else current
 
 
 @hookimpl
