@@ -99,6 +99,10 @@ ON CONFLICT (source, provider_event_id) DO NOTHING
 RETURNING id
 """
 NOTIFY = "SELECT pg_notify(%s, %s)"
+APPOINTMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7395013620946))"
+"""One ingest at a time decides an appointment's follow-ups: under READ COMMITTED two transactions would each miss
+the other's uncommitted events and reminders. Taken after the event's own rows, held to the commit; each statement
+after it sees what the other committed."""
 # The same rule as SQLite's: a delivery waits behind an earlier pending one of the same appointment and sink.
 CLAIM = """
 WITH claimable AS (
@@ -290,6 +294,8 @@ class PostgresStore:
             found: list[Withheld] = []
             if follow_up is not None:
                 async with conn.pipeline():  # one round trip for them all, not one per statement
+                    if event.appointment_id is not None:
+                        await conn.execute(APPOINTMENT_LOCK, (f"{event.source}\n{event.appointment_id}",))
                     cursors = [
                         await conn.execute(for_psycopg(step.sql), step.parameters)
                         for step in follow_up_steps(event, follow_up, now=event.received_at)

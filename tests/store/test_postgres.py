@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from functools import partial
 
 import anyio
 import httpx
@@ -16,6 +17,7 @@ from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.sources.base import load_samples
+from gateway.store.base import FollowUp, ScheduledReminder
 from gateway.store.postgres import SCHEMA_VERSION, PostgresStore
 from tests.conftest import moncreneau_request
 from tests.helpers import record, until
@@ -200,3 +202,33 @@ async def test_a_pause_reaches_a_worker_on_another_connection_within_a_second(
     finally:
         await here.close()
         await there.close()
+
+
+async def test_concurrent_events_of_one_appointment_leave_only_the_latest_ones_reminders(postgres_url: str) -> None:
+    """Two processes ingesting a booking and its reschedule at the same moment: each transaction must see the
+    other's reminders, or both sets stay pending (READ COMMITTED alone lets them both pass)."""
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await first.migrate()
+    await first.open()
+    await second.open()
+    try:
+        for n in range(40):
+            created = record(f"c{n}", occurred=100.0, appointment_id=str(n), key=f"mc:appointment:{n}")
+            moved = record(f"m{n}", occurred=200.0, appointment_id=str(n), key=f"mc:appointment:{n}")
+            async with anyio.create_task_group() as both:
+                both.start_soon(partial(first.ingest, created, [], follow_up=reminding(5_000.0)))
+                both.start_soon(partial(second.ingest, moved, [], follow_up=reminding(9_000.0)))
+            pending = [
+                (d.due_at, d.status)
+                for event in (created, moved)
+                for d in await first.deliveries(event.id)
+                if d.status == "pending"
+            ]
+            assert pending == [(9_000.0 - 7200.0, "pending")], f"appointment {n}: {pending}"
+    finally:
+        await first.close()
+        await second.close()
+
+
+def reminding(starts: float) -> FollowUp:
+    return FollowUp(reminders=(ScheduledReminder("sms", None, 7200.0, starts - 7200.0),))
