@@ -1,7 +1,138 @@
-"""Appointment event gateway: verified provider webhooks in, canonical events out to every configured sink."""
+"""Appointment event gateway: verified provider webhooks in, canonical events out to every configured sink.
+
+The names below are the plugin face: what a third-party sink or source may import (`from gateway import Sink`),
+each documented in docs/plugins.md and kept stable. Everything else in the package may change.
+"""
 
 from __future__ import annotations
 
+from gateway.cleaning import CONTROL, email_address, single_line
+from gateway.durations import Duration
+from gateway.events import (
+    EVENT_TYPES,
+    REMINDER,
+    Actor,
+    Alert,
+    Appointment,
+    AppointmentEvent,
+    Cancellation,
+    Change,
+    Completion,
+    Customer,
+    Department,
+    EventType,
+    Organisation,
+    Reminder,
+    Service,
+    Validation,
+    carried_forward,
+)
+from gateway.exceptions import (
+    NO_RECIPIENT,
+    RECIPIENT_REASONS,
+    BadEventData,
+    DeliveryError,
+    GatewayError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    WebhookRejected,
+)
 from gateway.hookspecs import hookimpl
+from gateway.messages import Kind, Message, Messages, TemplateText, check_event_types, sms_segments
+from gateway.notify import NotificationSink, NotifyOptions
+from gateway.routing import known_locale
+from gateway.signing import hmac_sha256_hex, matches_any
+from gateway.sinks import (
+    Delivery,
+    Ledger,
+    MemoryLedger,
+    MemoryState,
+    Receipt,
+    Sink,
+    SinkOptions,
+    SinkState,
+    parse_retry_after,
+)
+from gateway.sources.base import (
+    ProviderId,
+    ProviderInt,
+    ProviderText,
+    ProviderTime,
+    ProviderUrl,
+    ProviderZone,
+    Source,
+    SourceOptions,
+    Webhook,
+    load_samples,
+    sample_from,
+    validated,
+)
+from gateway.templates import check_syntax, event_context, render
 
-__all__ = ["hookimpl"]
+__all__ = [
+    "CONTROL",
+    "EVENT_TYPES",
+    "NO_RECIPIENT",
+    "RECIPIENT_REASONS",
+    "REMINDER",
+    "Actor",
+    "Alert",
+    "Appointment",
+    "AppointmentEvent",
+    "BadEventData",
+    "Cancellation",
+    "Change",
+    "Completion",
+    "Customer",
+    "Delivery",
+    "DeliveryError",
+    "Department",
+    "Duration",
+    "EventType",
+    "GatewayError",
+    "Kind",
+    "Ledger",
+    "MemoryLedger",
+    "MemoryState",
+    "Message",
+    "Messages",
+    "NotificationSink",
+    "NotifyOptions",
+    "Organisation",
+    "PermanentDeliveryError",
+    "ProviderId",
+    "ProviderInt",
+    "ProviderText",
+    "ProviderTime",
+    "ProviderUrl",
+    "ProviderZone",
+    "Receipt",
+    "Reminder",
+    "RetryableDeliveryError",
+    "Service",
+    "Sink",
+    "SinkOptions",
+    "SinkState",
+    "Source",
+    "SourceOptions",
+    "TemplateText",
+    "Validation",
+    "Webhook",
+    "WebhookRejected",
+    "carried_forward",
+    "check_event_types",
+    "check_syntax",
+    "email_address",
+    "event_context",
+    "hmac_sha256_hex",
+    "hookimpl",
+    "known_locale",
+    "load_samples",
+    "matches_any",
+    "parse_retry_after",
+    "render",
+    "sample_from",
+    "single_line",
+    "sms_segments",
+    "validated",
+]

@@ -1,4 +1,4 @@
-"""`appointment-gateway` (also `python -m gateway`): serve, worker, check-config, send-test-event."""
+"""`appointment-gateway` (also `python -m gateway`): receive webhooks, deliver them, and operate the gateway."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from gateway.operations import (
     Replay,
     parse,
 )
-from gateway.plugins import plugin_manager
+from gateway.plugins import installed, plugin_manager, sink_types, source_types
 from gateway.reminders import reminder_event
 from gateway.routing import Router
 
@@ -56,6 +56,9 @@ CONFIG_ERROR = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.without_config:  # what is installed, whatever the configuration
+        listed: int = args.command(args)
+        return listed
     try:
         config = _configured(args.config)
     except ConfigError as error:
@@ -87,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("GATEWAY_CONFIG", "config.yaml"),
         help="YAML configuration file (default: $GATEWAY_CONFIG or config.yaml)",
     )
+    parser.set_defaults(without_config=False)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="receive webhooks (and deliver them, unless --no-worker)")
@@ -154,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     purge = commands.add_parser("purge", help="delete events older than the retention whose deliveries are done")
     purge.add_argument("--older-than", help="a duration such as 30d (default: retention.max_age)")
     purge.set_defaults(command=_admin(lambda ops, a: ops.purge(_params(Purge, a))))
+
+    plugins = commands.add_parser("plugins", help="the installed plugins, their distributions and what they register")
+    plugins.set_defaults(command=_plugins, without_config=True)
 
     check = commands.add_parser("check-config", help="validate the configuration and print what it sets up")
     check.add_argument("--host", help="check as `serve --host H` would run (the admin API's exposure)")
@@ -342,6 +349,17 @@ def _admin(
         return 0
 
     return command
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    manager = plugin_manager()
+    try:
+        sink_types(manager), source_types(manager)
+    except ConfigError as error:  # two plugins claiming one type name
+        print(error, file=sys.stderr)
+        return CONFIG_ERROR
+    print(json.dumps({"plugins": installed(manager)}, indent=2))
+    return 0
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:

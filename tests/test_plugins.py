@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import gateway
 from gateway import hookspecs
+from gateway.cli import main
 from gateway.config import Config
 from gateway.exceptions import ConfigError
 from gateway.plugins import plugin_manager, sink_types, source_types
@@ -25,12 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import hookimpl
-from gateway.events import Appointment, AppointmentEvent
-from gateway.exceptions import WebhookRejected
-from gateway.signing import hmac_sha256_hex, matches_any
-from gateway.sinks import Sink, SinkOptions
-from gateway.sources.base import Source, Webhook, validated
+from gateway import (
+    Appointment, AppointmentEvent, Sink, SinkOptions, Source, Webhook, WebhookRejected, hmac_sha256_hex, hookimpl,
+    matches_any, validated,
+)
 from pydantic import BaseModel
 
 PAGED: list[tuple[str, str, int, str | None]] = []
@@ -195,3 +197,52 @@ def test_every_hook_is_documented_with_its_signature() -> None:
     assert hooks == ["register_sinks", "register_sources"]
     for name in hooks:
         assert re.search(rf"def {name}\(\) -> list\[type\[", docs), f"docs/plugins.md does not document {name}"
+
+
+def test_the_built_in_plugins_import_the_core_only_through_its_public_face() -> None:
+    """Third parties get what the built-in sinks use: `from gateway import ...`, nothing deeper."""
+    deeper = []
+    for path in sorted((ROOT / "plugins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            modules += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            deeper += [f"{path.relative_to(ROOT)}: {module}" for module in modules if module.startswith("gateway.")]
+    assert deeper == []
+
+
+def test_every_name_of_the_public_face_exists_and_is_documented() -> None:
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    undocumented = [name for name in gateway.__all__ if f"`{name}`" not in docs]
+    assert undocumented == []
+    assert all(hasattr(gateway, name) for name in gateway.__all__)
+
+
+def test_the_public_face_imports_first_in_a_fresh_interpreter() -> None:
+    """A plugin's `from gateway import Sink` may be the first import of the gateway in its process."""
+    run = subprocess.run([sys.executable, "-c", "from gateway import *"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_plugins_command_lists_each_plugin_its_distribution_and_what_it_registers(
+    installed: Callable[[str, str], None], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    installed("gateway_acme", PLUGIN)
+    assert main(["--config", str(tmp_path / "none.yaml"), "plugins"]) == 0  # no configuration needed
+    plugins = {plugin["module"]: plugin for plugin in json.loads(capsys.readouterr().out)["plugins"]}
+    assert plugins["gateway_acme"] == {
+        "name": "gateway_acme",
+        "module": "gateway_acme",
+        "distribution": "gateway_acme",
+        "version": "1.0",
+        "sinks": ["pager"],
+        "sources": ["acme"],
+    }
+    assert plugins["gateway_sinks.twilio_sms"]["sinks"] == ["twilio_sms"]
+    assert plugins["gateway.sources.moncreneau"]["distribution"] == "appointment-gateway"
+    installed(
+        "gateway_impostor",
+        "from gateway import hookimpl\nfrom gateway_sinks.http import HttpSink\n\n"
+        "class Impostor(HttpSink):\n    pass\n\n@hookimpl\ndef register_sinks():\n    return [Impostor]\n",
+    )
+    assert main(["--config", str(tmp_path / "none.yaml"), "plugins"]) == 2
+    assert "two plugins register the sink type 'http'" in capsys.readouterr().err

@@ -7,11 +7,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from gateway.cleaning import email_address
-from gateway.events import AppointmentEvent
-from gateway.exceptions import BadEventData, PermanentDeliveryError
-from gateway.messages import Kind
-from gateway.notify import NotificationSink, NotifyOptions
+from gateway import (
+    AppointmentEvent,
+    BadEventData,
+    Kind,
+    NotificationSink,
+    NotifyOptions,
+    PermanentDeliveryError,
+    email_address,
+)
 
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 

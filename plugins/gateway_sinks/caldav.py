@@ -35,14 +35,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import hookimpl
-from gateway.cleaning import CONTROL
-from gateway.durations import Duration
-from gateway.events import REMINDER, AppointmentEvent, carried_forward
-from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDeliveryError
-from gateway.routing import known_locale
-from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, SinkState
-from gateway.templates import check_syntax, event_context, render
+from gateway import (
+    CONTROL,
+    REMINDER,
+    AppointmentEvent,
+    BadEventData,
+    Delivery,
+    Duration,
+    PermanentDeliveryError,
+    Receipt,
+    RetryableDeliveryError,
+    Sink,
+    SinkOptions,
+    SinkState,
+    carried_forward,
+    check_syntax,
+    event_context,
+    hookimpl,
+    known_locale,
+    render,
+)
 
 logger = logging.getLogger(__name__)
 SEQUENCE_EPOCH = datetime(2020, 1, 1, tzinfo=UTC).timestamp()

@@ -9,9 +9,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from gateway import hookimpl
-from gateway.events import AppointmentEvent
-from gateway.sinks import Delivery, Receipt, Sink, SinkOptions
+from gateway import AppointmentEvent, Delivery, Receipt, Sink, SinkOptions, hookimpl
 
 
 class FileOptions(SinkOptions):

@@ -17,11 +17,20 @@ from typing import Literal
 import aiohttp
 from pydantic import AnyHttpUrl, Field, field_validator
 
-from gateway import hookimpl
-from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
-from gateway.sinks import Delivery, Receipt, Sink, SinkOptions, parse_retry_after
-from gateway.templates import check_syntax, event_context, render
+from gateway import (
+    AppointmentEvent,
+    Delivery,
+    PermanentDeliveryError,
+    Receipt,
+    RetryableDeliveryError,
+    Sink,
+    SinkOptions,
+    check_syntax,
+    event_context,
+    hookimpl,
+    parse_retry_after,
+    render,
+)
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 EXCERPT = 200

@@ -22,12 +22,18 @@ from pydantic import AnyHttpUrl, Field, field_validator
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from gateway import hookimpl
-from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
-from gateway.messages import Message, check_event_types
-from gateway.sinks import Delivery, Sink, parse_retry_after
-from gateway.templates import event_context
+from gateway import (
+    AppointmentEvent,
+    Delivery,
+    Message,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    Sink,
+    check_event_types,
+    event_context,
+    hookimpl,
+    parse_retry_after,
+)
 from gateway_sinks._email import EmailOptions, EmailSink
 
 logger = logging.getLogger(__name__)

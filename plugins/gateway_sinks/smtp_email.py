@@ -20,11 +20,7 @@ from typing import Literal
 import aiosmtplib
 from pydantic import Field, model_validator
 
-from gateway import hookimpl
-from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
-from gateway.messages import Message
-from gateway.sinks import Delivery, Sink
+from gateway import AppointmentEvent, Delivery, Message, PermanentDeliveryError, RetryableDeliveryError, Sink, hookimpl
 from gateway_sinks._email import EmailOptions, EmailSink
 
 logger = logging.getLogger(__name__)

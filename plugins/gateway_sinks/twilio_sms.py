@@ -25,12 +25,19 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from gateway import hookimpl
-from gateway.events import AppointmentEvent
-from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
-from gateway.messages import Message, sms_segments
-from gateway.notify import NotificationSink, NotifyOptions
-from gateway.sinks import Delivery, Sink, parse_retry_after
+from gateway import (
+    AppointmentEvent,
+    Delivery,
+    Message,
+    NotificationSink,
+    NotifyOptions,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    Sink,
+    hookimpl,
+    parse_retry_after,
+    sms_segments,
+)
 
 logger = logging.getLogger(__name__)
 
