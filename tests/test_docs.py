@@ -1,0 +1,93 @@
+"""Docs derived from the code: every hook, every public Sink and Source member, every configuration key and every
+command must be where a reader looks for it. Nothing here names what it checks: it walks the code."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from gateway import Sink, Source
+from gateway._fields import model_in
+from gateway.cli import _parser
+from gateway.config import GatewayConfig
+from gateway.plugins import plugin_manager, sink_types, source_types
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_GUIDE = (ROOT / "docs" / "plugins.md").read_text()
+README = (ROOT / "README.md").read_text()
+
+
+def section(text: str, heading: str) -> str:
+    """From `heading` to the next heading of the same level."""
+    level = heading.split(" ")[0]
+    start = text.index(heading)
+    end = text.find(f"\n{level} ", start + len(heading))
+    return text[start : end if end != -1 else None]
+
+
+def test_every_hook_is_documented_with_its_signature() -> None:
+    hooks = [name for name in vars(plugin_manager().hook) if not name.startswith("_")]
+    assert hooks, "the plugin manager has no hooks"
+    for name in hooks:
+        assert re.search(rf"### {name}\n", PLUGIN_GUIDE), f"docs/plugins.md has no section for the hook {name}"
+        assert re.search(rf"def {name}\(\) -> ", PLUGIN_GUIDE), f"docs/plugins.md does not show {name}'s signature"
+
+
+@pytest.mark.parametrize("base", [Sink, Source])
+def test_every_public_member_of_the_plugin_base_classes_is_documented(base: type) -> None:
+    members = [name for name in vars(base) if not name.startswith("_") and name not in {"model_config"}]
+    members += [name for name in getattr(base, "__annotations__", {}) if not name.startswith("_")]
+    undocumented = [name for name in sorted(set(members)) if not re.search(rf"`(async )?{name}\b", PLUGIN_GUIDE)]
+    assert undocumented == []
+
+
+def configuration_keys(model: type[BaseModel], prefix: str, seen: set[type[BaseModel]]) -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        keys.append(f"{prefix}{key}")
+        nested = model_in(field.annotation)
+        if nested is not None and nested not in seen:
+            seen.add(nested)
+            keys += configuration_keys(nested, f"{prefix}{key}.", seen)
+    return keys
+
+
+def test_every_configuration_key_is_in_the_readmes_configuration_reference() -> None:
+    """The core's models and every installed sink's and source's options."""
+    reference = section(README, "## Configuration reference")
+    manager = plugin_manager()
+    keys = configuration_keys(GatewayConfig, "", set())
+    for name, plugin in {**sink_types(manager), **source_types(manager)}.items():
+        keys += configuration_keys(plugin.Options, f"{name}: ", set())
+    missing = [
+        key for key in keys if not re.search(rf"\b{re.escape(key.rsplit('.', 1)[-1].split(': ')[-1])}(`|:)", reference)
+    ]
+    assert missing == []
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+    found = []
+    for action in parser._actions:  # argparse keeps its subcommands only there
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = commands(sub, f"{prefix}{name} ")
+                found += nested or [f"{prefix}{name}"]
+    return found
+
+
+def test_every_command_is_in_the_readme_and_the_help() -> None:
+    table = section(README, "## Commands")
+    listed = commands(_parser())
+    assert len(listed) >= 15
+    assert [
+        command for command in listed if f"`{command}" not in table and f", `{command.split()[-1]}" not in table
+    ] == []
+    help_text = _parser().format_help()
+    assert [
+        command for command in {c.split()[0] for c in listed} if not re.search(rf"^\s+{command}\s", help_text, re.M)
+    ] == []
