@@ -22,8 +22,8 @@ from gateway.logs import LIBRARIES
 from gateway.plugins import plugin_manager
 from gateway.signing import hmac_sha256_hex
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.peers import postgres_database, prism
-from tests.receiver import Answer, Receiver, receiver
 
 if TYPE_CHECKING:
     from tests.helpers import Mailbox

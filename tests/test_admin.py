@@ -14,9 +14,9 @@ from gateway.app import build_worker
 from gateway.config import Config
 from gateway.exceptions import ConfigError
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.conftest import Running, running_gateway
 from tests.helpers import metric, until
-from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
 TOKEN = "admin-token-9f2c-0d1e"

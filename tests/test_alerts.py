@@ -9,9 +9,9 @@ import pytest
 from gateway.config import Config
 from gateway.operations import DeadLetterFilter, EventFilter, Pause
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.conftest import Running, running_gateway
 from tests.helpers import Mailbox, free_port, metric
-from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
 

@@ -21,9 +21,9 @@ from gateway.app import create_app
 from gateway.cli import SERVED_CONFIG, SERVED_WITHOUT_WORKER, main, served_app
 from gateway.config import Config
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, receiver, serving
 from tests.conftest import MONCRENEAU_SECRET, moncreneau_request
 from tests.helpers import free_port, serving_children
-from tests.receiver import Answer, receiver, serving
 
 JOURNAL = """
 sinks:

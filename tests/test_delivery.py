@@ -17,9 +17,9 @@ from gateway.exceptions import StorageError
 from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.conftest import Running, moncreneau_request, running_gateway
 from tests.helpers import dead_owner, metric, until
-from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
 

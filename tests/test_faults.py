@@ -27,10 +27,10 @@ import httpx
 import pytest
 
 from gateway.signing import hmac_sha256_hex
+from gateway.testing.receiver import Answer, Request, receiver
 from tests.conftest import MONCRENEAU_SECRET
 from tests.helpers import free_port, gateway_process, serving_children, signed, until
 from tests.peers import postgres_database
-from tests.receiver import Answer, Request, receiver
 
 pytestmark = [pytest.mark.fault, pytest.mark.anyio]
 

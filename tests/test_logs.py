@@ -13,8 +13,8 @@ import pytest
 from gateway.config import Config
 from gateway.logs import JsonFormatter, Redactor, configure_logging, redact
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, receiver
 from tests.conftest import MONCRENEAU_SECRET, running_gateway
-from tests.receiver import Answer, receiver
 
 PII = ("+224621234567", "jean.dupont@example.gn", "Jean Dupont", "john@example.com")
 SECRETS = (MONCRENEAU_SECRET, "admin-token-5d1e-77aa", "yapp-secret")

@@ -6,9 +6,9 @@ import pytest
 
 from gateway.config import Config
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, receiver
 from tests.conftest import running_gateway
 from tests.helpers import metric
-from tests.receiver import Answer, receiver
 
 pytestmark = pytest.mark.anyio
 

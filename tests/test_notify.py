@@ -12,9 +12,9 @@ from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.operations import DeadLetterFilter, EventFilter, OperationError, Pause, Replay
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, Receiver
 from tests.conftest import TWILIO_SMS, running_gateway
 from tests.helpers import Mailbox, metric
-from tests.receiver import Answer, Receiver
 
 pytestmark = pytest.mark.anyio
 SMS = """

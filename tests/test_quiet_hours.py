@@ -13,10 +13,10 @@ from gateway.config import Config
 from gateway.quiet_hours import QuietHours
 from gateway.store.base import DeliveryRow, Store
 from gateway.store.postgres import PostgresStore
+from gateway.testing.receiver import Receiver
 from tests.conftest import MONCRENEAU_SECRET, TWILIO_SMS, Running, running_gateway
 from tests.helpers import metric, sample
 from tests.peers import postgres_database
-from tests.receiver import Receiver
 
 NIGHT = QuietHours.model_validate({"from": "21:00", "to": "08:00"})
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.store.base import DeliveryRow
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.conftest import TWILIO_SMS, Running, running_gateway
 from tests.helpers import metric, sample
-from tests.receiver import Answer, Receiver, receiver
 
 pytestmark = pytest.mark.anyio
 HOUR = 3600.0

@@ -22,9 +22,9 @@ import pytest
 
 from gateway.cli import main
 from gateway.signing import hmac_sha256_hex
+from gateway.testing.receiver import receiver
 from tests.conftest import MONCRENEAU_SECRET
 from tests.helpers import free_port, signed, until
-from tests.receiver import receiver
 
 pytestmark = pytest.mark.anyio
 EVENTS = 3000

@@ -22,9 +22,9 @@ from gateway.exceptions import BadEventData, PermanentDeliveryError, RetryableDe
 from gateway.reminders import reminder_event
 from gateway.sinks import Delivery, MemoryState, Receipt
 from gateway.sources.base import load_samples
+from gateway.testing.receiver import Answer, receiver
 from tests.conftest import running_gateway
 from tests.helpers import free_port
-from tests.receiver import Answer, receiver
 from tests.samples import SOURCES
 
 pytestmark = pytest.mark.anyio

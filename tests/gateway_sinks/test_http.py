@@ -15,7 +15,7 @@ from gateway_sinks.http import HttpOptions, HttpSink, sign
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery
-from tests.receiver import Answer, Receiver, receiver
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.samples import appointment_event
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
-from tests.receiver import Answer, Receiver, receiver, serving
+from gateway.testing.receiver import Answer, Receiver, receiver, serving
 from tests.samples import ALL_SAMPLES, appointment_event, sample_event
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,7 @@ from gateway_sinks.twilio_sms import TwilioOptions, TwilioSms
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError, RetryableDeliveryError
 from gateway.sinks import Delivery, MemoryLedger, Receipt
-from tests.receiver import Answer, Receiver, receiver
+from gateway.testing.receiver import Answer, Receiver, receiver
 from tests.samples import appointment_event, sample_event
 
 pytestmark = pytest.mark.anyio

@@ -24,9 +24,9 @@ from gateway.routing import Target
 from gateway.store.base import AttemptRecord, Transition
 from gateway.store.doorbell import Doorbell, directory_for
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.receiver import receiver
 from tests.conftest import MONCRENEAU_SECRET
 from tests.helpers import free_port, gateway_process, record, signed, until
-from tests.receiver import receiver
 
 pytestmark = pytest.mark.anyio
 

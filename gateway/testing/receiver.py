@@ -1,4 +1,5 @@
-"""A real HTTP server on a loopback port, standing in for a CRM: it records requests and answers as scripted."""
+"""A real HTTP server on a loopback port for tests, standing in for a CRM, a chat or an SMS API: it records the
+requests and answers as scripted."""
 
 from __future__ import annotations
 
