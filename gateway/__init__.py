@@ -68,7 +68,7 @@ from gateway.sources.base import (
     sample_from,
     validated,
 )
-from gateway.templates import check_syntax, event_context, render
+from gateway.templates import JinjaTemplate, check_syntax, event_context, render
 
 __all__ = [
     "CONTROL",
@@ -92,6 +92,7 @@ __all__ = [
     "Duration",
     "EventType",
     "GatewayError",
+    "JinjaTemplate",
     "Kind",
     "Ledger",
     "MemoryLedger",

@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -47,6 +48,7 @@ from gateway.operations import (
 from gateway.plugins import installed, plugin_manager, sink_types, source_types
 from gateway.reminders import reminder_event
 from gateway.routing import Router
+from gateway.scaffold import new_plugin
 
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
@@ -158,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     purge = commands.add_parser("purge", help="delete events older than the retention whose deliveries are done")
     purge.add_argument("--older-than", help="a duration such as 30d (default: retention.max_age)")
     purge.set_defaults(command=_admin(lambda ops, a: ops.purge(_params(Purge, a))))
+
+    scaffold = commands.add_parser("new-plugin", help="write a plugin package that passes its test as generated")
+    scaffold.add_argument("name", help="the sink or source type name, e.g. chat")
+    scaffold.add_argument("--kind", choices=["sink", "source"], required=True)
+    scaffold.add_argument("--directory", default=".", help="where to write gateway-NAME/ (default: here)")
+    scaffold.set_defaults(command=_new_plugin, without_config=True)
 
     plugins = commands.add_parser("plugins", help="the installed plugins, their distributions and what they register")
     plugins.set_defaults(command=_plugins, without_config=True)
@@ -349,6 +357,16 @@ def _admin(
         return 0
 
     return command
+
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    try:
+        folder = new_plugin(args.name, args.kind, Path(args.directory))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return CONFIG_ERROR
+    print(f"{folder}: pip install -e '{folder}[test]', then run its test (see its README.md)")
+    return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from babel import Locale
@@ -17,6 +17,7 @@ from jinja2 import StrictUndefined, TemplateError, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
+from pydantic import AfterValidator
 
 from gateway.events import AppointmentEvent
 from gateway.exceptions import PermanentDeliveryError
@@ -100,6 +101,10 @@ def check_syntax(source: str) -> str:
         line = getattr(error, "lineno", None)
         raise ValueError(f"template syntax error{f' on line {line}' if line else ''}: {error}") from None
     return source
+
+
+JinjaTemplate = Annotated[str, AfterValidator(check_syntax)]
+"""A pydantic type for a template in a plugin's options: its syntax is checked when the configuration loads."""
 
 
 def event_context(event: AppointmentEvent, delivery: Delivery, locale: str | None = None) -> dict[str, Any]:
