@@ -40,40 +40,38 @@ SINK = Template('''"""`$name` sink: each appointment event as a line POSTed to a
 import httpx
 from pydantic import AnyHttpUrl
 
-from gateway import (
-    AppointmentEvent, Delivery, JinjaTemplate, PermanentDeliveryError, Receipt, RetryableDeliveryError, Sink,
-    SinkOptions, event_context, hookimpl, parse_retry_after, render,
-)
+import gateway
 
 
-class ${camel}Options(SinkOptions):
+class ${camel}Options(gateway.SinkOptions):
     url: AnyHttpUrl
-    text: JinjaTemplate = "{{ event.type }} {{ appointment.id if appointment }}"  # appointment may be None
+    text: gateway.JinjaTemplate = "{{ event.type }} {{ appointment.id if appointment }}"  # appointment may be None
 
 
-class ${camel}Sink(Sink):
+class ${camel}Sink(gateway.Sink):
     type_name = "$name"
     Options = ${camel}Options
     options: ${camel}Options  # what __init__ was given: this sink's own model
 
-    async def deliver(self, event: AppointmentEvent, delivery: Delivery) -> Receipt:
-        text = render(self.options.text, f"sinks.{self.name}.options.text", event_context(event, delivery))
+    async def deliver(self, event: gateway.AppointmentEvent, delivery: gateway.Delivery) -> gateway.Receipt:
+        context = gateway.event_context(event, delivery)
+        text = gateway.render(self.options.text, f"sinks.{self.name}.options.text", context)
         try:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 answer = await client.post(str(self.options.url), json={"text": text})
         except httpx.HTTPError as error:  # unreachable, reset, timed out: it may pass
-            raise RetryableDeliveryError(f"{self.options.url.host}: {error!r}") from None
+            raise gateway.RetryableDeliveryError(f"{self.options.url.host}: {error!r}") from None
         status = answer.status_code
         if status == 429 or status >= 500:
-            wait = parse_retry_after(answer.headers.get("Retry-After"), now=delivery.attempted_at)
-            raise RetryableDeliveryError(f"answered {status}", status_code=status, retry_after=wait)
+            wait = gateway.parse_retry_after(answer.headers.get("Retry-After"), now=delivery.attempted_at)
+            raise gateway.RetryableDeliveryError(f"answered {status}", status_code=status, retry_after=wait)
         if answer.is_error:  # refused: trying again cannot help
-            raise PermanentDeliveryError(f"refused: {answer.text[:200]}", status_code=status)
-        return Receipt(status_code=status)
+            raise gateway.PermanentDeliveryError(f"refused: {answer.text[:200]}", status_code=status)
+        return gateway.Receipt(status_code=status)
 
 
-@hookimpl
-def register_sinks() -> list[type[Sink]]:
+@gateway.hookimpl
+def register_sinks() -> list[type[gateway.Sink]]:
     return [${camel}Sink]
 ''')
 

@@ -25,7 +25,9 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from aiosmtpd.smtp import Envelope, Session
+from hypothesis import strategies as st
 
 from gateway.signing import hmac_sha256_hex
 from gateway.sources.base import load_samples
@@ -201,3 +203,29 @@ class Mailbox:
         assert isinstance(message, EmailMessage)
         self.received.append((list(envelope.rcpt_tos), message))
         return "250 Message accepted"
+
+
+GOLDEN_SOURCES = Path(__file__).parent / "golden" / "sources"
+
+
+def matches_golden(mapped: dict[str, Any], name: str) -> None:
+    """`mapped` (a canonical event as JSON) equals its reviewed file; UPDATE_GOLDEN=1 rewrites it and fails, so
+    that the difference is read before it is committed."""
+    path = GOLDEN_SOURCES / f"{name}.json"
+    rendered = json.dumps(mapped, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    reviewed = path.read_text(encoding="utf-8") if path.exists() else None
+    if os.environ.get("UPDATE_GOLDEN") and rendered != reviewed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered, encoding="utf-8")
+        pytest.fail(f"{path} rewritten: review the difference (git diff), then run the tests again without it")
+    assert rendered == reviewed
+
+
+def hostile_json() -> st.SearchStrategy[Any]:
+    """Any JSON a signed body may hold, customer-typed text included."""
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+        max_leaves=20,
+    )

@@ -226,8 +226,8 @@ def test_invalid_settings_name_key_and_problem(write_config: Callable[..., Confi
         ("{type: moncreneau, secrets: ['']}", "sources.x.secrets: a secret is empty"),
         ("{type: moncreneau, secret: [s]}", "sources.x.secret: unknown key; did you mean secrets?"),
         (
-            "{type: calendly, secrets: [s]}",
-            "sources.x.type: unknown source type 'calendly'; installed: moncreneau, yappointment",
+            "{type: acuity, secrets: [s]}",
+            "sources.x.type: unknown source type 'acuity'; installed: calcom, calendly, moncreneau, yappointment",
         ),
     ],
 )
