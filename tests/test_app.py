@@ -189,7 +189,7 @@ async def test_a_client_gone_before_the_end_of_its_body_gets_400_and_nothing_is_
 
 @pytest.mark.fault
 async def test_storage_failure_answers_503_never_2xx_and_recovers(gateway: Running) -> None:
-    connection = gateway.store._connection
+    connection = gateway.store.engine.writer
     assert connection is not None
     connection.execute("PRAGMA query_only = 1")  # every write now fails inside SQLite
     response = await gateway.post_moncreneau(sample("moncreneau.json", "appointment.created"))

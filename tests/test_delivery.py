@@ -435,7 +435,7 @@ async def test_claims_failing_while_storage_is_down_resume_when_it_returns(
     config = write_config(http_sinks(crm=(crm.url, "")))
     async with running_gateway(config) as gateway:
         event_id = await accepted(gateway, event())
-        connection = gateway.store._connection
+        connection = gateway.store.engine.writer
         assert connection is not None
         connection.execute("PRAGMA query_only = 1")
         assert await gateway.worker.run_due() == 0  # logged, not raised
@@ -450,7 +450,7 @@ async def test_a_stored_event_that_cannot_be_read_is_dead_lettered_at_once(
     config = write_config(http_sinks(crm=(crm.url, "")))
     async with running_gateway(config) as gateway:
         event_id = await accepted(gateway, event())
-        connection = gateway.store._connection
+        connection = gateway.store.engine.writer
         assert connection is not None
         connection.execute('UPDATE events SET canonical = \'{"written": "by another version"}\'')
         assert await gateway.worker.run_due() == 1

@@ -1,4 +1,4 @@
-"""What only the SQLite store does: WAL with full sync, its schema version, its file, its lock between processes."""
+"""The SQLite engine: WAL with full sync, the lock between processes, group commits, reads apart, checkpoints."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 
 from gateway.exceptions import StorageError
 from gateway.routing import Target
-from gateway.store.sqlite import INLINE_CHECKPOINT_PAGES, SCHEMA_VERSION, SQLiteStore, _Checkpointer, _Connection
+from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite.engine import INLINE_CHECKPOINT_PAGES, Checkpointer, Engine, WriterConnection
 from tests.helpers import record, until
 
 pytestmark = pytest.mark.anyio
@@ -26,24 +27,11 @@ pytestmark = pytest.mark.anyio
 async def test_the_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "g.db")
     await store.open()
-    assert store._connection is not None
-    assert store._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
+    assert store.engine.writer is not None
+    assert store.engine.writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.engine.writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.engine.writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
     await store.close()
-
-
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / "g.db") as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StorageError, match="newer than this gateway"):
-        await SQLiteStore(tmp_path / "g.db").open()
-
-
-async def test_an_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("")
-    with pytest.raises(StorageError):
-        await SQLiteStore(tmp_path / "file" / "g.db").open()
 
 
 async def test_a_write_waits_for_another_process_writing_then_goes_through(tmp_path: Path) -> None:
@@ -87,10 +75,10 @@ async def test_a_process_killed_in_the_middle_of_a_write_leaves_neither_lock_nor
     writer = textwrap.dedent(
         f"""
         import sqlite3, sys, time
-        from gateway.store.sqlite import _Connection, _transaction
-        db = sqlite3.connect({str(database)!r}, isolation_level=None, factory=_Connection)
+        from gateway.store.sqlite.engine import WriterConnection, transaction
+        db = sqlite3.connect({str(database)!r}, isolation_level=None, factory=WriterConnection)
         db.open_writer_lock(__import__("pathlib").Path({str(database)!r} + "-writer.lock"), 5.0)
-        with _transaction(db):
+        with transaction(db):
             db.execute("DELETE FROM events")
             print("writing", flush=True)
             time.sleep(60)
@@ -128,11 +116,11 @@ async def test_the_log_is_copied_into_the_database_in_the_background_not_by_comm
     database = tmp_path / "g.db"
     store = SQLiteStore(database)
     await store.open()
-    assert store._connection is not None
-    assert store._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
+    assert store.engine.writer is not None
+    assert store.engine.writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
     for n in range(50):
         await store.ingest(record(f"evt_{n}", id=f"event-{n}"), [Target("crm")])
-    pages = store._connection.execute("PRAGMA page_count").fetchone()[0]  # as read through the log
+    pages = store.engine.writer.execute("PRAGMA page_count").fetchone()[0]  # as read through the log
 
     def in_the_file() -> int:
         return database.stat().st_size // 4096
@@ -146,8 +134,8 @@ async def test_the_log_is_copied_into_the_database_in_the_background_not_by_comm
 async def test_a_log_that_keeps_growing_under_load_is_started_over(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "g.db")
     await store.open()
-    assert store._checkpointer is not None
-    store._checkpointer.every, store._checkpointer.restart_pages = 0.01, 100
+    assert store.engine.checkpointer is not None
+    store.engine.checkpointer.every, store.engine.checkpointer.restart_pages = 0.01, 100
     for n in range(2_000):  # 2,000 commits back to back, a few pages each: the background copy never catches up
         await store.ingest(record(f"evt_{n}", id=f"event-{n}"), [Target("crm")])
     log_bytes = (tmp_path / "g.db-wal").stat().st_size
@@ -167,7 +155,7 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
         release.wait(10)
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(store._write, slow_write)
+        tasks.start_soon(store.engine.write, slow_write)
         await anyio.to_thread.run_sync(writing.wait)
         with anyio.fail_after(2):  # the scrape and the admin read, while the writer's thread is busy
             stats = await store.sink_stats(["crm"], now=2000.0)
@@ -180,17 +168,17 @@ async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None
 def test_a_checkpointer_that_cannot_connect_or_checkpoint_says_so_and_stops_cleanly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def refused() -> _Connection:
+    def refused() -> WriterConnection:
         raise sqlite3.OperationalError("unable to open database file")
 
-    def closed() -> _Connection:  # every checkpoint on it fails
-        connection = sqlite3.connect(tmp_path / "g.db", factory=_Connection)
+    def closed() -> WriterConnection:  # every checkpoint on it fails
+        connection = sqlite3.connect(tmp_path / "g.db", factory=WriterConnection)
         connection.close()
         return connection
 
     with caplog.at_level(logging.WARNING, logger="gateway.store.sqlite"):
-        _Checkpointer(refused, 0.01, 100).stop()
-        failing = _Checkpointer(closed, 0.01, 100)
+        Checkpointer(refused, 0.01, 100).stop()
+        failing = Checkpointer(closed, 0.01, 100)
         deadline = time.monotonic() + 5
         while caplog.text.count("checkpoint failed") < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -200,44 +188,30 @@ def test_a_checkpointer_that_cannot_connect_or_checkpoint_says_so_and_stops_clea
     assert caplog.text.count("checkpoint failed (it will be tried again)") >= 2
 
 
-VERSION_1_DELIVERIES = """
-CREATE TABLE deliveries (
-    id TEXT PRIMARY KEY, event_id TEXT NOT NULL REFERENCES events (id), sink TEXT NOT NULL, locale TEXT,
-    ordering_key TEXT, occurred_at REAL NOT NULL, created_at REAL NOT NULL, status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, lease_owner TEXT, lease_expires_at REAL,
-    last_error TEXT, dead_reason TEXT, updated_at REAL NOT NULL, requeued_at REAL,
-    attempts_before_requeue INTEGER NOT NULL DEFAULT 0, UNIQUE (event_id, sink)
-);
-"""
+async def test_the_engine_alone_groups_writes_and_one_failing_write_fails_alone(tmp_path: Path) -> None:
+    """Used without the store: its schema is whatever `set_up` makes."""
 
+    def set_up(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER UNIQUE)")
 
-async def test_a_version_1_database_is_brought_to_reminders_keeping_every_delivery_and_attempt(tmp_path: Path) -> None:
-    """Version 1 had one delivery per event and sink; its table is copied into the new one, attempts still
-    pointing at their deliveries."""
-    path = tmp_path / "old.db"
-    current = SQLiteStore(path)
-    await current.open()
-    event = record()
-    await current.ingest(event, [Target("crm")])
-    await current.close()
-    with sqlite3.connect(path) as db:  # what version 1 left: the same rows in the old table
-        rows = db.execute("SELECT * FROM deliveries").fetchall()
-        db.executescript("DROP INDEX deliveries_one; DROP TABLE deliveries;" + VERSION_1_DELIVERIES)
-        db.executemany(f"INSERT INTO deliveries VALUES ({', '.join('?' * 17)})", [row[:17] for row in rows])
-        db.execute(
-            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome) "
-            "VALUES (?, 1, 1, 1, 'retryable')",
-            (rows[0][0],),
-        )
-        db.execute("PRAGMA user_version = 1")
-    store = SQLiteStore(path)
-    await store.open()
+    engine = Engine(tmp_path / "plain.db", set_up=set_up)
+    with pytest.raises(StorageError, match="the store is not open"):
+        await engine.read(lambda db: db.execute("SELECT 1").fetchone())
+    await engine.open()
     try:
-        (delivery,) = await store.deliveries(event.id)
-        assert (delivery.id, delivery.sink, delivery.reminder, delivery.due_at) == (rows[0][0], "crm", None, 1000.0)
-        assert [a.outcome for a in await store.attempts(delivery.id)] == ["retryable"]
-        with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-            assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        results: list[object] = []
+
+        async def insert(n: int) -> None:
+            try:
+                results.append(await engine.write(lambda db: db.execute("INSERT INTO t VALUES (?)", (n,)).rowcount))
+            except StorageError as error:
+                results.append("UNIQUE constraint failed" if "UNIQUE constraint failed" in str(error) else error)
+
+        async with anyio.create_task_group() as tasks:
+            for n in (1, 2, 2, 3):  # the second 2 breaks the unique key: only it is undone
+                tasks.start_soon(insert, n)
+        assert sorted(map(str, results)) == ["1", "1", "1", "UNIQUE constraint failed"]
+        assert await engine.read(lambda db: [row[0] for row in db.execute("SELECT n FROM t ORDER BY n")]) == [1, 2, 3]
+        assert await engine.run(lambda db: db.execute("DELETE FROM t").rowcount) == 3
     finally:
-        await store.close()
+        await engine.close()

@@ -1,0 +1,71 @@
+"""What only the SQLite store does: its schema version, its file, and the upgrade of older files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.exceptions import StorageError
+from gateway.routing import Target
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.helpers import record
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer than this gateway"):
+        await SQLiteStore(tmp_path / "g.db").open()
+
+
+async def test_an_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StorageError):
+        await SQLiteStore(tmp_path / "file" / "g.db").open()
+
+
+VERSION_1_DELIVERIES = """
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY, event_id TEXT NOT NULL REFERENCES events (id), sink TEXT NOT NULL, locale TEXT,
+    ordering_key TEXT, occurred_at REAL NOT NULL, created_at REAL NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, lease_owner TEXT, lease_expires_at REAL,
+    last_error TEXT, dead_reason TEXT, updated_at REAL NOT NULL, requeued_at REAL,
+    attempts_before_requeue INTEGER NOT NULL DEFAULT 0, UNIQUE (event_id, sink)
+);
+"""
+
+
+async def test_a_version_1_database_is_brought_to_reminders_keeping_every_delivery_and_attempt(tmp_path: Path) -> None:
+    """Version 1 had one delivery per event and sink; its table is copied into the new one, attempts still
+    pointing at their deliveries."""
+    path = tmp_path / "old.db"
+    current = SQLiteStore(path)
+    await current.open()
+    event = record()
+    await current.ingest(event, [Target("crm")])
+    await current.close()
+    with sqlite3.connect(path) as db:  # what version 1 left: the same rows in the old table
+        rows = db.execute("SELECT * FROM deliveries").fetchall()
+        db.executescript("DROP INDEX deliveries_one; DROP TABLE deliveries;" + VERSION_1_DELIVERIES)
+        db.executemany(f"INSERT INTO deliveries VALUES ({', '.join('?' * 17)})", [row[:17] for row in rows])
+        db.execute(
+            "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome) "
+            "VALUES (?, 1, 1, 1, 'retryable')",
+            (rows[0][0],),
+        )
+        db.execute("PRAGMA user_version = 1")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        (delivery,) = await store.deliveries(event.id)
+        assert (delivery.id, delivery.sink, delivery.reminder, delivery.due_at) == (rows[0][0], "crm", None, 1000.0)
+        assert [a.outcome for a in await store.attempts(delivery.id)] == ["retryable"]
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        await store.close()
