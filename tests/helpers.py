@@ -205,20 +205,24 @@ class Mailbox:
         return "250 Message accepted"
 
 
-GOLDEN_SOURCES = Path(__file__).parent / "golden" / "sources"
+GOLDEN = Path(__file__).parent / "golden"
 
 
-def matches_golden(mapped: dict[str, Any], name: str) -> None:
-    """`mapped` (a canonical event as JSON) equals its reviewed file; UPDATE_GOLDEN=1 rewrites it and fails, so
-    that the difference is read before it is committed."""
-    path = GOLDEN_SOURCES / f"{name}.json"
-    rendered = json.dumps(mapped, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+def matches_golden(rendered: str, path: Path) -> None:
+    """`rendered` equals its reviewed file under tests/golden; UPDATE_GOLDEN=1 rewrites the file and fails, so that
+    the difference is read (git diff) before it is committed."""
     reviewed = path.read_text(encoding="utf-8") if path.exists() else None
     if os.environ.get("UPDATE_GOLDEN") and rendered != reviewed:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered, encoding="utf-8")
         pytest.fail(f"{path} rewritten: review the difference (git diff), then run the tests again without it")
     assert rendered == reviewed
+
+
+def mapping_matches_golden(mapped: dict[str, Any], name: str) -> None:
+    """A source's canonical event (as JSON) equals tests/golden/sources/<name>.json."""
+    text = json.dumps(mapped, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    matches_golden(text, GOLDEN / "sources" / f"{name}.json")
 
 
 def hostile_json() -> st.SearchStrategy[Any]:

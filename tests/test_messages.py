@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from gateway.exceptions import PermanentDeliveryError
 from gateway.messages import DEFAULT_LANGUAGES, Messages, TemplateText, sms_segments
 from gateway.reminders import reminder_event
 from gateway.sinks import Delivery
+from tests.helpers import matches_golden
 from tests.samples import ALL_SAMPLES, appointment_event, sample_event
 
 GOLDEN = Path(__file__).parent / "golden" / "messages"
@@ -32,13 +32,7 @@ def render_golden(event: AppointmentEvent, sent: Delivery, locale: str, name: st
     mail = Messages("email", "notify", locale, {}).render(event, sent)
     rendered = f"SMS ({sms_segments(sms.body).count} segment(s), {sms_segments(sms.body).encoding}):\n{sms.body}\n\n"
     rendered += f"Subject: {mail.subject}\n\n{mail.body}\n"
-    path = GOLDEN / locale / name
-    reviewed = path.read_text(encoding="utf-8") if path.exists() else None
-    if os.environ.get("UPDATE_GOLDEN") and rendered != reviewed:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rendered, encoding="utf-8")
-        pytest.fail(f"{path} rewritten: review the difference (git diff), then run the tests again without it")
-    assert rendered == reviewed
+    matches_golden(rendered, GOLDEN / locale / name)
 
 
 @pytest.mark.parametrize("locale", DEFAULT_LANGUAGES)

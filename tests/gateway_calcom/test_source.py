@@ -16,7 +16,7 @@ from gateway import SourceOptions, WebhookRejected, hmac_sha256_hex
 from gateway.config import Config
 from gateway.testing import post_webhook
 from tests.conftest import running_gateway
-from tests.helpers import hostile_json, matches_golden
+from tests.helpers import hostile_json, mapping_matches_golden
 
 RECEIVED = datetime(2026, 3, 1, tzinfo=UTC)
 SAMPLES = json.loads(resources.files("gateway_calcom").joinpath("samples.json").read_text())
@@ -35,7 +35,7 @@ def mapped(body: dict[str, Any]) -> dict[str, Any] | None:
 def test_every_sample_maps_as_reviewed(trigger: str) -> None:
     canonical = mapped(SAMPLES[trigger])
     assert canonical is not None
-    matches_golden(canonical, f"calcom/{trigger}")
+    mapping_matches_golden(canonical, f"calcom/{trigger}")
 
 
 def test_a_reschedule_moves_the_booking_it_replaces() -> None:

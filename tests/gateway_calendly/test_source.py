@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from gateway import WebhookRejected, hmac_sha256_hex
 from gateway.config import Config
 from tests.conftest import running_gateway
-from tests.helpers import hostile_json, matches_golden
+from tests.helpers import hostile_json, mapping_matches_golden
 
 RECEIVED = datetime(2026, 3, 1, tzinfo=UTC)
 SAMPLES = json.loads(resources.files("gateway_calendly").joinpath("samples.json").read_text())
@@ -40,7 +40,7 @@ def signature(body: bytes, *, at: float | None = None, key: str = KEY) -> str:
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_every_sample_maps_as_reviewed(name: str) -> None:
-    matches_golden(mapped(SAMPLES[name]) or {"mapped": None}, f"calendly/{name}")
+    mapping_matches_golden(mapped(SAMPLES[name]) or {"mapped": None}, f"calendly/{name}")
 
 
 def test_a_reschedule_is_one_appointment_moving_not_a_cancellation_and_a_new_booking() -> None:
