@@ -404,9 +404,10 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
     routed: dict[str, list[tuple[AppointmentEvent, str | None]]] = {name: [] for name in config.sinks}
     router = Router(settings.routes)
     for event in _sample_events(config):
-        for target in router.targets(event):
+        destinations = router.route(event)
+        for target in destinations.targets:
             routed[target.sink].append((event, target.locale))
-        for reminder in router.reminders(event) if event.type == "appointment.created" else ():
+        for reminder in destinations.reminders if event.type == "appointment.created" else ():
             due_at = event.received_at.timestamp()
             sample = reminder_event(event, delivery_id="check", before=reminder.before, due_at=due_at)
             routed[reminder.sink].append((sample, reminder.locale))

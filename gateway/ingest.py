@@ -15,7 +15,7 @@ from gateway.clock import Clock, to_datetime
 from gateway.exceptions import WebhookRejected
 from gateway.metrics import Metrics
 from gateway.reminders import follow_up
-from gateway.routing import Router
+from gateway.routing import Routed, Router
 from gateway.sources.base import Source
 from gateway.store.base import EventRecord, Store
 
@@ -59,7 +59,8 @@ class Ingest:
         event_id = str(uuid.uuid4())
         webhook = source.parse(_json(body), headers, event_id=event_id, received_at=to_datetime(received_at))
         event = webhook.event
-        targets = self.router.targets(event) if event is not None else []
+        routed = self.router.route(event) if event is not None else Routed([], [])
+        targets = routed.targets
         record = EventRecord(
             id=event_id,
             source=source_name,
@@ -82,7 +83,7 @@ class Ingest:
         stale = source.options.stale_after is not None and record.occurred_at < received_at - source.options.stale_after
         plan = None
         if event is not None and not stale:
-            plan = follow_up(event, targets, self.router, self.withdrawing, now=received_at)
+            plan = follow_up(event, routed, self.router, self.withdrawing, now=received_at)
         stored = await self.store.ingest(record, targets, skipped="stale" if stale else None, follow_up=plan)
         for withheld in stored.withheld:
             self.metrics.withheld.labels(withheld.sink, withheld.status, withheld.reason).inc()

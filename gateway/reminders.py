@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 
 from gateway.clock import to_datetime
 from gateway.events import REMINDER, AppointmentEvent, Reminder
-from gateway.routing import SCHEDULING, Router, Target
+from gateway.routing import SCHEDULING, ReminderTarget, Routed, Router
 from gateway.store.base import FollowUp, ScheduledReminder
 
 ENDINGS = {
@@ -25,24 +25,24 @@ TOO_LATE = "too late"
 
 
 def follow_up(
-    event: AppointmentEvent, targets: Sequence[Target], router: Router, withdrawing: Collection[str], *, now: float
+    event: AppointmentEvent, routed: Routed, router: Router, withdrawing: Collection[str], *, now: float
 ) -> FollowUp | None:
-    """What `event` does to its appointment's waiting messages, or None when it cannot do anything (no appointment,
-    or neither reminders nor sinks that withdraw stale messages are configured). `withdrawing`: the sinks whose
-    stale messages are withdrawn (`supersede`)."""
+    """What `event` does to its appointment's waiting messages, given where its routes sent it (`routed`), or None
+    when it cannot do anything (no appointment, or neither reminders nor sinks that withdraw stale messages are
+    configured). `withdrawing`: the sinks whose stale messages are withdrawn (`supersede`)."""
     if event.appointment is None or not (router.schedules_reminders or withdrawing):
         return None
-    routed = {target.sink for target in targets}
+    sinks = {target.sink for target in routed.targets}
     ending = ENDINGS.get(event.type)
     return FollowUp(
-        reminders=tuple(_reminders(event, router, now)),
+        reminders=tuple(_reminders(event, routed.reminders, now)),
         reason=ending or "rescheduled",
-        supersede=frozenset(withdrawing if ending else routed.intersection(withdrawing)),
-        late_superseded=frozenset() if event.type == NEVER_WITHDRAWN else frozenset(routed.intersection(withdrawing)),
+        supersede=frozenset(withdrawing if ending else sinks.intersection(withdrawing)),
+        late_superseded=frozenset() if event.type == NEVER_WITHDRAWN else frozenset(sinks.intersection(withdrawing)),
     )
 
 
-def _reminders(event: AppointmentEvent, router: Router, now: float) -> list[ScheduledReminder]:
+def _reminders(event: AppointmentEvent, targets: Sequence[ReminderTarget], now: float) -> list[ScheduledReminder]:
     appointment = event.appointment
     if event.type not in SCHEDULING or appointment is None or appointment.starts_at is None:
         return []
@@ -50,7 +50,7 @@ def _reminders(event: AppointmentEvent, router: Router, now: float) -> list[Sche
         return []
     starts_at = appointment.starts_at.timestamp()
     found = []
-    for target in router.reminders(event):
+    for target in targets:
         due_at = starts_at - target.before
         late = due_at < now - target.grace or starts_at <= now
         found.append(ScheduledReminder(target.sink, target.locale, target.before, due_at, TOO_LATE if late else None))

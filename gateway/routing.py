@@ -121,6 +121,13 @@ class ReminderTarget:
     grace: float
 
 
+@dataclass(frozen=True)
+class Routed:
+    targets: list[Target]
+    reminders: list[ReminderTarget]
+    """The reminders its routes schedule, were the event one that schedules them (gateway.reminders decides)."""
+
+
 class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
@@ -130,27 +137,24 @@ class Router:
     def targets(self, event: AppointmentEvent) -> list[Target]:
         """Every sink named by a matching route, once each, in the order the routes name them; the first route
         naming a sink decides its locale."""
+        return self.route(event).targets
+
+    def route(self, event: AppointmentEvent) -> Routed:
+        """The event's targets and the reminders its routes schedule, in one pass over the routes (the event's
+        fields are read once, only when a route has `where` conditions)."""
         fields = event.model_dump(mode="json", by_alias=True) if self._reads_fields else {}
         targets: dict[str, Target] = {}
+        reminders: dict[tuple[str, float], ReminderTarget] = {}
         for route in self.routes:
-            if route.matches(event, fields):
-                for sink in route.sinks:
-                    targets.setdefault(sink, Target(sink, route.locale))
-        return list(targets.values())
-
-    def reminders(self, event: AppointmentEvent) -> list[ReminderTarget]:
-        """The reminders of every matching route, once per sink and time before the start, the first route
-        naming them deciding their locale and grace."""
-        fields = event.model_dump(mode="json", by_alias=True) if self._reads_fields else {}
-        found: dict[tuple[str, float], ReminderTarget] = {}
-        for route in self.routes:
-            if route.reminders and route.matches(event, fields):
-                for sink in route.sinks:
-                    for before in route.reminders:
-                        found.setdefault(
-                            (sink, before), ReminderTarget(sink, route.locale, before, route.reminder_grace)
-                        )
-        return list(found.values())
+            if not route.matches(event, fields):
+                continue
+            for sink in route.sinks:
+                targets.setdefault(sink, Target(sink, route.locale))
+                for before in route.reminders:  # once per sink and time; the first route decides locale and grace
+                    reminders.setdefault(
+                        (sink, before), ReminderTarget(sink, route.locale, before, route.reminder_grace)
+                    )
+        return Routed(list(targets.values()), list(reminders.values()))
 
 
 def known_locale(locale: str) -> str:

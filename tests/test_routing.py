@@ -113,3 +113,26 @@ def test_the_first_route_naming_a_sink_chooses_its_locale() -> None:
 def test_an_unknown_locale_is_refused() -> None:
     with pytest.raises(ValidationError, match="'xx_YY' is not a locale Babel knows"):
         route(locale="xx_YY")
+
+
+def test_one_pass_gives_the_targets_and_each_reminder_once_the_first_route_deciding() -> None:
+    scheduling = ["appointment.created", "appointment.updated"]
+    router = Router(
+        [
+            Route(
+                events=scheduling, where={"appointment.department.id": 9}, sinks=["sms"], reminders=[7200], locale="en"
+            ),
+            Route(events=scheduling, sinks=["sms", "email"], reminders=[86400, 7200], reminder_grace=60),
+            Route(sinks=["crm"]),
+        ]
+    )
+    routed = router.route(event(department="5"))
+    assert routed.targets == [Target("sms"), Target("email"), Target("crm")]
+    assert [(r.sink, r.before, r.locale, r.grace) for r in routed.reminders] == [
+        ("sms", 86400.0, None, 60.0),
+        ("sms", 7200.0, None, 60.0),
+        ("email", 86400.0, None, 60.0),
+        ("email", 7200.0, None, 60.0),
+    ]
+    first = router.route(event(department="9")).reminders[0]
+    assert (first.sink, first.before, first.locale, first.grace) == ("sms", 7200.0, "en", 600.0)
