@@ -339,11 +339,16 @@ class Worker:
                 if self._held_back(lane, claimed):
                     await self._release(claimed)  # claimed ahead before the circuit opened: it waits, unspent
                     return
-                if lane.quiet_hours is not None and await self._kept_quiet(lane, lane.quiet_hours, claimed):
-                    return
                 started_at = self.clock.now()
                 began = time.perf_counter()
-                result = await self._deliver(lane, claimed, number)
+                event = await self._readable_event(claimed)
+                if isinstance(event, AppointmentEvent):
+                    quiet = lane.quiet_hours
+                    if quiet is not None and await self._kept_quiet(lane, quiet, claimed, event):
+                        return
+                    result = await self._deliver(lane, claimed, number, event)
+                else:
+                    result = event  # it could not be read: that is the attempt's outcome
                 duration_ms = (time.perf_counter() - began) * 1000
             self._answered(lane, claimed.id)
             await self._observe_circuit(lane, claimed, result)
@@ -391,13 +396,11 @@ class Worker:
             if self._more_due[lane.name]:
                 self.wake([lane.name])
 
-    async def _kept_quiet(self, lane: Lane, quiet: QuietHours, claimed: ClaimedDelivery) -> bool:
+    async def _kept_quiet(
+        self, lane: Lane, quiet: QuietHours, claimed: ClaimedDelivery, event: AppointmentEvent
+    ) -> bool:
         """Whether the sink's quiet hours hold the delivery back, spending no attempt: postponed to their end, or
         skipped when that end is past the latest time its message is worth sending."""
-        try:
-            event = await self._event(claimed)
-        except (ValidationError, StorageError):
-            return False  # the attempt reports it
         now = self.clock.now()
         end = quiet.end(now, event.appointment.timezone if event.appointment else None)
         if end is None:
@@ -437,14 +440,17 @@ class Worker:
         latest = carried_forward(state, event)
         return reminder_event(latest, delivery_id=claimed.id, before=claimed.reminder, due_at=due_at)
 
-    async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int) -> _Result:
+    async def _readable_event(self, claimed: ClaimedDelivery) -> AppointmentEvent | _Result:
+        """The event to deliver, or what its reading came to as an attempt's outcome."""
         try:
-            event = await self._event(claimed)
+            return await self._event(claimed)
         except ValidationError as error:  # stored by another version, or damaged: trying again cannot help
             detail = _excerpt(error, "the stored event cannot be read: ")
             return _Result("permanent", detail=detail, dead_reason="unreadable event")
         except StorageError as error:
             return _Result("retryable", detail=_excerpt(error, "cannot read the appointment's events: "))
+
+    async def _deliver(self, lane: Lane, claimed: ClaimedDelivery, number: int, event: AppointmentEvent) -> _Result:
         try:
             delivery = Delivery(
                 id=claimed.id,
