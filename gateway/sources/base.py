@@ -199,16 +199,16 @@ def validated(model: type[M], payload: Any, *, prefix: str = "") -> M:
         raise WebhookRejected(400, "invalid_payload", "; ".join(problems)) from None
 
 
-def load_samples(filename: str) -> dict[str, dict[str, Any]]:
-    """Sample bodies by provider event type, shipped in gateway/samples."""
-    text = resources.files("gateway.samples").joinpath(filename).read_text(encoding="utf-8")
+def load_samples(filename: str, package: str = "gateway.samples") -> dict[str, dict[str, Any]]:
+    """Sample bodies by provider event type, shipped in `package` (a plugin passes its own)."""
+    text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     samples: dict[str, dict[str, Any]] = json.loads(text)
     return samples
 
 
-def sample_from(filename: str, event_type: str, **fields: str) -> dict[str, Any]:
+def sample_from(filename: str, event_type: str, *, package: str = "gateway.samples", **fields: str) -> dict[str, Any]:
     """The shipped sample body of `event_type`, with top-level `fields` replaced; KeyError lists the known types."""
-    samples = load_samples(filename)
+    samples = load_samples(filename, package)
     if event_type not in samples:
         provider = filename.removesuffix(".json")
         raise KeyError(f"no {provider} sample of type {event_type!r}; known: {', '.join(sorted(samples))}")

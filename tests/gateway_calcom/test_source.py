@@ -5,21 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import pytest
 from gateway_calcom import CalCom
 from hypothesis import given, settings
 
-from gateway import SourceOptions, WebhookRejected, hmac_sha256_hex
+from gateway import SourceOptions, WebhookRejected, hmac_sha256_hex, load_samples
 from gateway.config import Config
 from gateway.testing import post_webhook
 from tests.conftest import running_gateway
 from tests.helpers import hostile_json, mapping_matches_golden
 
 RECEIVED = datetime(2026, 3, 1, tzinfo=UTC)
-SAMPLES = json.loads(resources.files("gateway_calcom").joinpath("samples.json").read_text())
+SAMPLES = load_samples("calcom.json", package="gateway_calcom")
 
 
 def source(**options: Any) -> CalCom:

@@ -7,20 +7,19 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import pytest
 from gateway_calendly import Calendly, CalendlyOptions
 from hypothesis import given, settings
 
-from gateway import WebhookRejected, hmac_sha256_hex
+from gateway import WebhookRejected, hmac_sha256_hex, load_samples
 from gateway.config import Config
 from tests.conftest import running_gateway
 from tests.helpers import hostile_json, mapping_matches_golden
 
 RECEIVED = datetime(2026, 3, 1, tzinfo=UTC)
-SAMPLES = json.loads(resources.files("gateway_calendly").joinpath("samples.json").read_text())
+SAMPLES = load_samples("calendly.json", package="gateway_calendly")
 KEY = "calendly-signing-key"
 
 

@@ -8,10 +8,8 @@ sends no event id: (trigger, booking uid, createdAt) stands for one, so a retrie
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +32,9 @@ from gateway import (
     WebhookRejected,
     hmac_sha256_hex,
     hookimpl,
+    load_samples,
     matches_any,
+    sample_from,
     validated,
 )
 
@@ -85,11 +85,6 @@ class _Envelope(_Model):
     trigger_event: ProviderText = Field(alias="triggerEvent")
     created_at: ProviderTime = Field(alias="createdAt")
     payload: dict[str, Any]
-
-
-def _samples() -> dict[str, dict[str, Any]]:
-    samples: dict[str, dict[str, Any]] = json.loads(resources.files(__name__).joinpath("samples.json").read_text())
-    return samples
 
 
 class CalCom(Source):
@@ -161,13 +156,10 @@ class CalCom(Source):
         return {"X-Cal-Signature-256": hmac_sha256_hex(self.options.secrets[0], body)}
 
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
-        samples = _samples()
-        if event_type not in samples:
-            raise KeyError(f"no calcom sample of type {event_type!r}; known: {', '.join(sorted(samples))}")
-        return {**samples[event_type], "createdAt": occurred_at.isoformat()}
+        return sample_from("calcom.json", event_type, package=__name__, createdAt=occurred_at.isoformat())
 
     def sample_types(self) -> list[str]:
-        return list(_samples())
+        return list(load_samples("calcom.json", package=__name__))
 
 
 @hookimpl

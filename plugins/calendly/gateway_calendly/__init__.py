@@ -10,11 +10,9 @@ appointment id is the invitee's UUID; Calendly sends no event id, so (event, inv
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +35,9 @@ from gateway import (
     WebhookRejected,
     hmac_sha256_hex,
     hookimpl,
+    load_samples,
     matches_any,
+    sample_from,
     validated,
 )
 
@@ -82,11 +82,6 @@ class _Envelope(_Model):
     event: ProviderText
     created_at: ProviderTime
     payload: dict[str, Any]
-
-
-def _samples() -> dict[str, dict[str, Any]]:
-    samples: dict[str, dict[str, Any]] = json.loads(resources.files(__name__).joinpath("samples.json").read_text())
-    return samples
 
 
 def _invitee_id(uri: str) -> str:
@@ -170,13 +165,10 @@ class Calendly(Source):
         return {"Calendly-Webhook-Signature": f"t={stamp},v1={signature}"}
 
     def sample(self, event_type: str, *, event_id: str, occurred_at: datetime) -> dict[str, Any]:
-        samples = _samples()
-        if event_type not in samples:
-            raise KeyError(f"no calendly sample of type {event_type!r}; known: {', '.join(sorted(samples))}")
-        return {**samples[event_type], "created_at": occurred_at.isoformat()}
+        return sample_from("calendly.json", event_type, package=__name__, created_at=occurred_at.isoformat())
 
     def sample_types(self) -> list[str]:
-        return list(_samples())
+        return list(load_samples("calendly.json", package=__name__))
 
 
 @hookimpl
