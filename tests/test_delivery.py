@@ -571,3 +571,28 @@ async def test_an_attempt_is_recorded_even_when_the_store_cannot_hold_the_sink_b
         assert await gateway.worker.run_due() == 1
         delivery = await only_delivery(gateway, event_id)
     assert (delivery.status, delivery.attempts, delivery.lease_owner) == ("pending", 1, None)
+
+
+async def test_the_lane_sleeps_until_the_next_due_delivery_and_polls_when_the_store_cannot_say(
+    write_config: Callable[[str], Config],
+    crm: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "retry: {schedule: [1m]}")))
+    crm.script(Answer(503))
+    async with running_gateway(config) as gateway:
+        await accepted(gateway, event())
+        assert await gateway.worker.run_due() == 1  # failed: due again in a minute
+        assert await gateway.worker.run_due() == 0  # nothing due: the lane learns when the retry is
+        assert gateway.worker._until_next_look("crm") == pytest.approx(0.05)  # capped by the poll...
+        gateway.worker.poll_interval = 3600.0
+        assert gateway.worker._until_next_look("crm") == pytest.approx(60.0)  # ...else until the retry
+
+        async def storage_down(*args: object, **kwargs: object) -> None:
+            raise StorageError("database is locked")
+
+        monkeypatch.setattr(gateway.store, "next_due", storage_down)
+        assert await gateway.worker.run_due() == 0
+        assert gateway.worker._until_next_look("crm") == 3600.0  # the safety net: the next poll
+        assert "cannot read when sink crm next has a delivery due (polling)" in caplog.text

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.config import Config
+from gateway.exceptions import StorageError
 from gateway.quiet_hours import QuietHours
 from gateway.store.base import DeliveryRow, Store
 from gateway.store.postgres import PostgresStore
@@ -182,3 +183,27 @@ async def test_the_night_the_clocks_go_forward_ends_at_eight_summer_time(
             assert await gateway.worker.run_due() == 0
             gateway.clock.advance(1)
             assert await gateway.worker.run_due() == 1 and len(twilio.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_quiet_hours_the_store_cannot_record_send_nothing_and_spend_no_attempt(
+    write_config: Callable[..., Config], twilio: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_gateway(quiet(write_config, twilio, "Africa/Conakry")) as gateway:
+        gateway.clock.advance(local("2026-01-21T22:00:00", "UTC") - gateway.clock.now())
+        sent = (
+            await gateway.post_moncreneau(booked("e1", occurred=gateway.clock.now(), starts="2026-01-23T09:00:00"))
+        ).json()
+
+        async def storage_down(*args: object, **kwargs: object) -> None:
+            raise StorageError("database is locked")
+
+        monkeypatch.setattr(gateway.store, "settle", storage_down)
+        assert await gateway.worker.run_due() == 1
+        confirmation, _ = await sms_deliveries(gateway, sent["event_id"])
+        assert (confirmation.status, confirmation.attempts, confirmation.lease_owner is not None) == (
+            "pending",
+            0,
+            True,
+        )
+        assert twilio.requests == []  # the night is kept; the lease expires and the next worker settles it

@@ -145,3 +145,13 @@ async def test_reminders_follow_a_cal_com_reschedule(write_config: Callable[...,
         ("pending", datetime(2026, 3, 9, 14, tzinfo=UTC).timestamp()),
         ("superseded", datetime(2026, 3, 8, 10, tzinfo=UTC).timestamp()),
     ]
+
+
+@pytest.mark.parametrize("trigger", sorted(SAMPLES))
+def test_test_events_are_signed_as_cal_com_signs(trigger: str) -> None:
+    assert sorted(source().sample_types()) == sorted(SAMPLES)
+    body = json.dumps(source().sample(trigger, event_id="x", occurred_at=RECEIVED)).encode()
+    headers = source().signed_headers(body, trigger)
+    source().verify({name.lower(): value for name, value in headers.items()}, body)
+    with pytest.raises(KeyError, match="no calcom sample of type 'BOOKING_PAID'; known: BOOKING_CANCELLED"):
+        source().sample("BOOKING_PAID", event_id="x", occurred_at=RECEIVED)
