@@ -149,6 +149,8 @@ class EventSummary:
     occurred_at: float
     received_at: float
     appointment_id: str | None
+    customer_phone: str | None
+    customer_email: str | None
     deliveries: dict[str, DeliveryStatus]
     """Sink -> status of its delivery."""
 
@@ -178,6 +180,29 @@ class SinkStats:
     oldest_due_age: float
     """Seconds the oldest due delivery has waited past its due time (0 when none)."""
     dead: int
+
+
+@dataclass(frozen=True)
+class TrafficCount:
+    """How many webhooks a source answered (kind "webhook") or attempts a sink made (kind "attempt") with one
+    outcome during one minute (`minute`: seconds since the epoch, divided by 60), counted by every process."""
+
+    kind: Literal["webhook", "attempt"]
+    name: str
+    outcome: str
+    minute: int
+    count: int
+
+
+@dataclass(frozen=True)
+class RecentFailure:
+    delivery_id: str
+    event_id: str
+    sink: str
+    started_at: float
+    outcome: Outcome
+    status_code: int | None
+    detail: str | None
 
 
 def sink_stats(rows: dict[str, Any], now: float) -> dict[str, SinkStats]:
@@ -344,6 +369,19 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""
+        ...
+
+    async def add_traffic(self, counts: Sequence[TrafficCount], *, forget_before: int) -> None:
+        """Add these counts to the stored ones (per minute, kind, name and outcome) and delete the minutes before
+        `forget_before`, in one transaction."""
+        ...
+
+    async def traffic(self, *, since: int) -> list[TrafficCount]:
+        """The stored counts of the minutes from `since` on."""
+        ...
+
+    async def recent_failures(self, *, limit: int, among: int) -> list[RecentFailure]:
+        """The latest attempts that failed, newest first, among the `among` latest attempts (a bound on the work)."""
         ...
 
     async def deliveries(self, event_id: str) -> list[DeliveryRow]: ...

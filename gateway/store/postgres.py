@@ -35,7 +35,9 @@ from gateway.store.base import (
     EventSummary,
     FollowUp,
     Ingested,
+    RecentFailure,
     SinkStats,
+    TrafficCount,
     Transition,
     Withheld,
     sink_stats,
@@ -51,7 +53,7 @@ from gateway.store.queries import (
     event_conditions,
     summary,
 )
-from gateway.store.statements import attempt_row, delivery_rows, for_psycopg, sink_stats_row
+from gateway.store.statements import attempt_row, delivery_rows, for_psycopg, sink_stats_row, traffic_row
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -86,6 +88,10 @@ GET_STATE = for_psycopg(statements.GET_STATE)
 SET_STATE = for_psycopg(statements.SET_STATE)
 SELECT_SENT = for_psycopg(statements.SELECT_SENT)
 INSERT_SENT = for_psycopg(statements.INSERT_SENT)
+ADD_TRAFFIC = for_psycopg(statements.ADD_TRAFFIC)
+FORGET_TRAFFIC = for_psycopg(statements.FORGET_TRAFFIC)
+SELECT_TRAFFIC = for_psycopg(statements.SELECT_TRAFFIC)
+RECENT_FAILURES = for_psycopg(statements.RECENT_FAILURES)
 MIGRATIONS = sorted(
     (int(entry.name.split("_")[0]), entry.name)
     for entry in resources.files("gateway.store.migrations").iterdir()
@@ -133,7 +139,7 @@ WHERE id = %(id)s AND lease_owner = %(owner)s
 """
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
-       e.appointment_id,
+       e.appointment_id, e.customer_phone, e.customer_email,
        (SELECT json_object_agg(d.sink, d.status) FROM deliveries AS d WHERE d.event_id = e.id)
 FROM events AS e
 WHERE {where}
@@ -582,6 +588,27 @@ class PostgresStore:
             await conn.execute("SELECT 1")
 
         await self._run(ping)
+
+    async def add_traffic(self, counts: Sequence[TrafficCount], *, forget_before: int) -> None:
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(ADD_TRAFFIC, [traffic_row(count) for count in counts])
+                await cursor.execute(FORGET_TRAFFIC, (forget_before,))
+
+        await self._run(write)
+
+    async def traffic(self, *, since: int) -> list[TrafficCount]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[TrafficCount]:
+            return [TrafficCount(*row) for row in await (await conn.execute(SELECT_TRAFFIC, (since,))).fetchall()]
+
+        return await self._run(read)
+
+    async def recent_failures(self, *, limit: int, among: int) -> list[RecentFailure]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[RecentFailure]:
+            rows = await (await conn.execute(RECENT_FAILURES, (among, limit))).fetchall()
+            return [RecentFailure(*row) for row in rows]
+
+        return await self._run(read)
 
     async def _requeue(self, where: Where, now: float) -> list[str]:
         """Requeue the matching deliveries and tell listening workers at once."""

@@ -92,9 +92,9 @@ def dead_letter_conditions(query: DeadLetterQuery, mark: str) -> Where:
 
 
 def summary(row: tuple[Any, ...] | Any) -> EventSummary:
-    """An EventSummary from a row of either backend's event listing: eight event columns, then the deliveries as
+    """An EventSummary from a row of either backend's event listing: ten event columns, then the deliveries as
     a JSON object (text from SQLite, already decoded from PostgreSQL)."""
-    deliveries = row[8]
+    deliveries = row[10]
     return EventSummary(
         id=row[0],
         source=row[1],
@@ -104,6 +104,8 @@ def summary(row: tuple[Any, ...] | Any) -> EventSummary:
         occurred_at=row[5],
         received_at=row[6],
         appointment_id=row[7],
+        customer_phone=row[8],
+        customer_email=row[9],
         deliveries=json.loads(deliveries) if isinstance(deliveries, str) else dict(deliveries or {}),
     )
 

@@ -9,7 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 from gateway.routing import Target
-from gateway.store.base import AttemptRecord, EventRecord
+from gateway.store.base import AttemptRecord, EventRecord, TrafficCount
 
 
 def for_psycopg(statement: str) -> str:
@@ -162,3 +162,22 @@ INSERT_SENT = """
 INSERT INTO sent_messages (delivery_id, recipient, provider_message_id, sent_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (delivery_id, recipient) DO NOTHING
 """
+
+# Traffic per minute, added by every process (a batch every few seconds), read by the console's overview.
+ADD_TRAFFIC = """
+INSERT INTO traffic (minute, kind, name, outcome, count) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (minute, kind, name, outcome) DO UPDATE SET count = traffic.count + excluded.count
+"""
+FORGET_TRAFFIC = "DELETE FROM traffic WHERE minute < ?"
+SELECT_TRAFFIC = "SELECT kind, name, outcome, minute, count FROM traffic WHERE minute >= ?"
+# Attempt ids grow with time in both stores: the last `among` of them are read backwards from the newest.
+RECENT_FAILURES = """
+SELECT d.id, d.event_id, d.sink, a.started_at, a.outcome, a.status_code, a.detail
+FROM attempts AS a JOIN deliveries AS d ON d.id = a.delivery_id
+WHERE a.id > (SELECT coalesce(max(id), 0) FROM attempts) - ? AND a.outcome <> 'succeeded'
+ORDER BY a.id DESC LIMIT ?
+"""
+
+
+def traffic_row(count: TrafficCount) -> tuple[Any, ...]:
+    return (count.minute, count.kind, count.name, count.outcome, count.count)

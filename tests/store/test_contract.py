@@ -18,6 +18,7 @@ from gateway.store.base import (
     Ingested,
     ScheduledReminder,
     Store,
+    TrafficCount,
     Transition,
     Withheld,
 )
@@ -568,3 +569,37 @@ async def test_a_fallback_is_queued_with_the_failure_once(store: Store) -> None:
     assert [(d.sink, d.status) for d in await store.deliveries(event.id)] == [("crm", "skipped"), ("email", "pending")]
     (fallback,) = await store.claim("email", limit=10, now=1001.0, owner="w1", lease_until=1030.0)
     assert fallback.event_id == event.id
+
+
+async def test_traffic_counts_add_up_across_flushes_and_old_minutes_go(store: Store) -> None:
+    counts = [
+        TrafficCount("webhook", "moncreneau", "accepted", 100, 3),
+        TrafficCount("webhook", "moncreneau", "invalid_signature", 100, 1),
+        TrafficCount("attempt", "crm", "succeeded", 101, 2),
+    ]
+    await store.add_traffic(counts, forget_before=0)
+    await store.add_traffic([TrafficCount("webhook", "moncreneau", "accepted", 100, 2)], forget_before=0)
+    assert sorted(await store.traffic(since=100), key=str) == sorted(
+        [counts[2], TrafficCount("webhook", "moncreneau", "accepted", 100, 5), counts[1]], key=str
+    )
+    assert await store.traffic(since=101) == [counts[2]]
+    await store.add_traffic([], forget_before=101)
+    assert await store.traffic(since=0) == [counts[2]]
+
+
+async def test_recent_failures_are_the_latest_failed_attempts_among_the_latest(store: Store) -> None:
+    event = record()
+    await store.ingest(event, targets("crm"))
+    [delivery] = [d.id for d in await store.claim("crm", limit=1, now=1000.0, owner="w1", lease_until=1030.0)]
+    outcomes: list[Any] = ["retryable", "succeeded", "permanent", "retryable"]
+    for number, outcome in enumerate(outcomes, 1):
+        attempt = AttemptRecord(number, 1000.0 + number, 5.0, outcome, 500, f"attempt {number}")
+        await store.record_attempt(delivery, "w1", attempt, Transition("pending", next_attempt_at=1000.0), now=1000.0)
+    failures = await store.recent_failures(limit=2, among=100)
+    assert [(f.detail, f.outcome, f.sink, f.event_id, f.delivery_id) for f in failures] == [
+        ("attempt 4", "retryable", "crm", event.id, delivery),
+        ("attempt 3", "permanent", "crm", event.id, delivery),
+    ]
+    assert [f.detail for f in await store.recent_failures(limit=10, among=2)] == ["attempt 4", "attempt 3"]
+    assert [f.detail for f in await store.recent_failures(limit=10, among=3)] == ["attempt 4", "attempt 3"]
+    assert [f.detail for f in await store.recent_failures(limit=10, among=4)] == ["attempt 4", "attempt 3", "attempt 1"]

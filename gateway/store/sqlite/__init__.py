@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -29,7 +30,9 @@ from gateway.store.base import (
     EventSummary,
     FollowUp,
     Ingested,
+    RecentFailure,
     SinkStats,
+    TrafficCount,
     Transition,
     Withheld,
     sink_stats,
@@ -48,12 +51,14 @@ from gateway.store.queries import (
 )
 from gateway.store.sqlite.engine import BUSY_TIMEOUT, Engine, transaction
 from gateway.store.statements import (
+    ADD_TRAFFIC,
     COUNT_EVENTS,
     DEAD_LETTER_IDS,
     EVENT_COLUMNS,
     FIND_EVENT_ID,
     FIND_PURGED,
     FORGET_PURGED,
+    FORGET_TRAFFIC,
     GET_STATE,
     INSERT_ATTEMPT,
     INSERT_DELIVERY,
@@ -64,6 +69,7 @@ from gateway.store.statements import (
     NEXT_DUE,
     PAUSED_SINKS,
     PURGE_STATE,
+    RECENT_FAILURES,
     RELEASE,
     RELEASE_OWNER,
     RENEW,
@@ -71,6 +77,7 @@ from gateway.store.statements import (
     SELECT_DELIVERIES,
     SELECT_EVENT,
     SELECT_SENT,
+    SELECT_TRAFFIC,
     SET_PAUSED,
     SET_STATE,
     SETTLE,
@@ -78,6 +85,7 @@ from gateway.store.statements import (
     attempt_row,
     delivery_rows,
     sink_stats_row,
+    traffic_row,
 )
 
 SCHEMA_VERSION = 2
@@ -124,13 +132,23 @@ WHERE id = ? AND lease_owner = ?
 """
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
-       e.appointment_id,
+       e.appointment_id, e.customer_phone, e.customer_email,
        (SELECT json_group_object(d.sink, d.status) FROM deliveries AS d WHERE d.event_id = e.id)
 FROM events AS e
 WHERE {where}
 ORDER BY e.received_at DESC, e.id DESC
 LIMIT ?
 """
+# Events with a delivery in a status few deliveries have (pending, dead...): read from those deliveries, not by
+# walking every event newest first in search of them (3.2 s on a million events when none is pending).
+LIST_EVENTS_WITH_STATUS = LIST_EVENTS.replace(
+    "FROM events AS e",
+    "FROM (SELECT DISTINCT event_id FROM deliveries INDEXED BY deliveries_dead WHERE status = ?) AS s\n"
+    "CROSS JOIN events AS e ON e.id = s.event_id",
+)
+COUNT_STATUS = "SELECT count(*) FROM (SELECT 1 FROM deliveries INDEXED BY deliveries_dead WHERE status = ? LIMIT ?)"
+FEW = 10_000
+"""Under this many deliveries in a status, events are listed from them; over it, a walk finds 50 soon enough."""
 REQUEUE = """
 UPDATE deliveries
 SET status = 'pending', next_attempt_at = ?1, requeued_at = ?1, attempts_before_requeue = attempts,
@@ -369,12 +387,13 @@ class SQLiteStore:
     async def list_events(
         self, query: EventQuery, *, limit: int, after: tuple[float, str] | None = None
     ) -> list[EventSummary]:
-        where = event_conditions(query, "?")
-        if after is not None:
-            where.add("(e.received_at, e.id) < (?, ?)", *after)
-
         def select(db: sqlite3.Connection) -> list[EventSummary]:
-            rows = db.execute(LIST_EVENTS.format(where=where.sql), [*where.parameters, limit]).fetchall()
+            few = query.status is not None and db.execute(COUNT_STATUS, (query.status, FEW)).fetchone()[0] < FEW
+            where = event_conditions(replace(query, status=None) if few else query, "?")
+            if after is not None:
+                where.add("(e.received_at, e.id) < (?, ?)", *after)
+            statement, first = (LIST_EVENTS_WITH_STATUS, [query.status]) if few else (LIST_EVENTS, [])
+            rows = db.execute(statement.format(where=where.sql), [*first, *where.parameters, limit]).fetchall()
             return [summary(row) for row in rows]
 
         return await self.engine.read(select)
@@ -454,6 +473,24 @@ class SQLiteStore:
 
     async def ping(self) -> None:
         await self.engine.read(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def add_traffic(self, counts: Sequence[TrafficCount], *, forget_before: int) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.executemany(ADD_TRAFFIC, [traffic_row(count) for count in counts])
+                db.execute(FORGET_TRAFFIC, (forget_before,))
+
+        await self.engine.write(write)
+
+    async def traffic(self, *, since: int) -> list[TrafficCount]:
+        return await self.engine.read(
+            lambda db: [TrafficCount(*row) for row in db.execute(SELECT_TRAFFIC, (since,)).fetchall()]
+        )
+
+    async def recent_failures(self, *, limit: int, among: int) -> list[RecentFailure]:
+        return await self.engine.read(
+            lambda db: [RecentFailure(*row) for row in db.execute(RECENT_FAILURES, (among, limit)).fetchall()]
+        )
 
     async def _requeue(self, where: Where, now: float) -> list[str]:
         def requeue(db: sqlite3.Connection) -> list[str]:

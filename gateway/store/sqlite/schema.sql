@@ -98,3 +98,12 @@ CREATE TABLE IF NOT EXISTS sent_messages (
     sent_at REAL NOT NULL,
     PRIMARY KEY (delivery_id, recipient)
 );
+-- webhooks answered and attempts made, per minute; kept a day or two for the console's overview
+CREATE TABLE IF NOT EXISTS traffic (
+    minute INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (minute, kind, name, outcome)
+);

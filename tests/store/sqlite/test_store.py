@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import gateway.store.sqlite as sqlite_store
 from gateway.exceptions import StorageError
 from gateway.routing import Target
+from gateway.store.queries import EventQuery
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.helpers import record
 
@@ -69,3 +71,27 @@ async def test_a_version_1_database_is_brought_to_reminders_keeping_every_delive
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("few", [0, 10_000], ids=["walking the events", "from the deliveries"])
+async def test_events_with_a_delivery_status_are_the_same_whichever_way_they_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """A status few deliveries have is looked up from them; a common one by walking the events newest first."""
+    monkeypatch.setattr(sqlite_store, "FEW", few)
+    store = SQLiteStore(tmp_path / "g.db")
+    await store.open()
+    ids = []
+    for n in range(6):
+        event = record(f"evt_{n}", received=1000.0 + n, source="yapp" if n % 2 else "moncreneau")
+        await store.ingest(event, [Target("crm"), Target("journal")], skipped="stale" if n in (1, 2, 4) else None)
+        ids.append(event.id)
+    newest_first = [ids[4], ids[2], ids[1]]
+    assert [e.id for e in await store.list_events(EventQuery(status="skipped"), limit=10)] == newest_first
+    assert [e.id for e in await store.list_events(EventQuery(status="skipped"), limit=2)] == newest_first[:2]
+    after = (1002.0, ids[2])
+    assert [e.id for e in await store.list_events(EventQuery(status="skipped"), limit=5, after=after)] == [ids[1]]
+    yapp = EventQuery(status="skipped", source="yapp")
+    assert [e.id for e in await store.list_events(yapp, limit=5)] == [ids[1]]
+    assert await store.list_events(EventQuery(status="dead"), limit=5) == []
+    await store.close()
