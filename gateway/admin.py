@@ -109,6 +109,13 @@ ENDPOINTS = (
     ),
     Endpoint(
         "GET",
+        "/overview",
+        "Webhooks acknowledged and refused per source (last hour and day), sinks' queues, success rates and states, "
+        "recent failures",
+        lambda r, ops: ops.overview(),
+    ),
+    Endpoint(
+        "GET",
         "/sinks",
         "Every sink: running or paused (and why), queue depth, due, oldest due, dead letters",
         lambda r, ops: ops.list_sinks(),

@@ -17,6 +17,7 @@ from gateway.admin import admin_routes
 from gateway.alerts import Alerts
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.console import console_routes
 from gateway.delivery import Lane, StoreState, Worker
 from gateway.exceptions import StorageError
 from gateway.ingest import Ingest
@@ -47,7 +48,7 @@ def build_worker(config: Config, store: Store, clock: Clock, metrics: Metrics | 
         )
         for name, sink in config.sinks.items()
     }
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(clock)
     alerts = Alerts(store, Router(settings.routes), clock, metrics, debounce=settings.alerts.debounce)
     worker = Worker(
         store,
@@ -83,6 +84,9 @@ def build_operations(config: Config, store: Store, clock: Clock, worker: Worker)
         tombstones=retention.tombstones,
         wake=worker.wake,
         sinks=list(config.sinks),
+        sources=list(config.sources),
+        circuits=worker.circuit_states,
+        traffic=worker.metrics.traffic,
         alerts=worker.alerts,
     )
 
@@ -103,6 +107,7 @@ async def running(config: Config, store: Store, worker: Worker, *, deliver: bool
                 async with anyio.create_task_group() as housekeeping:
                     operations = build_operations(config, store, worker.clock, worker)
                     housekeeping.start_soon(_purge_periodically, config, operations)
+                    housekeeping.start_soon(worker.metrics.traffic.run, store)
                     try:
                         yield
                     finally:
@@ -180,7 +185,7 @@ def create_app(
 ) -> GatewayApp:
     clock = clock or SystemClock()
     store = store or store_for(config.settings.storage)
-    metrics = Metrics()
+    metrics = Metrics(clock)
     worker = build_worker(config, store, clock, metrics)
     operations = build_operations(config, store, clock, worker)
     ingest = Ingest(
@@ -208,6 +213,11 @@ def create_app(
         routes=[
             *probe_routes(config, store, worker, metrics, clock, with_worker=with_worker),
             *(admin_routes(operations, config.settings.admin.token) if config.settings.admin.enabled else []),
+            *(
+                console_routes(config.settings, operations, ingest, clock)
+                if config.settings.admin.enabled and config.settings.console.enabled
+                else []
+            ),
             *(route for name, sink in config.sinks.items() for route in sink.routes(StoreState(store, name, clock))),
         ],
         lifespan=lifespan,

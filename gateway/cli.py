@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import tempfile
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +48,7 @@ from gateway.plugins import installed, plugin_manager, sink_types, source_types
 from gateway.reminders import reminder_event
 from gateway.routing import Router
 from gateway.scaffold import new_plugin
+from gateway.sources.base import test_request
 
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
@@ -436,12 +436,10 @@ def _send_test_event(config: Config, args: argparse.Namespace) -> int:
         print(f"no source named {args.source!r}; configured: {', '.join(config.sources) or 'none'}", file=sys.stderr)
         return CONFIG_ERROR
     try:
-        body = source.sample(args.type, event_id=f"evt_test_{uuid.uuid4().hex[:16]}", occurred_at=datetime.now(UTC))
+        raw, headers = test_request(source, args.type, occurred_at=datetime.now(UTC))
     except KeyError as error:
         print(error.args[0], file=sys.stderr)
         return CONFIG_ERROR
-    raw = json.dumps(body).encode()
-    headers = source.signed_headers(raw, args.type)
     server = config.settings.server
     base = args.url or f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
     url = f"{base.rstrip('/')}/webhooks/{args.source}"

@@ -25,7 +25,7 @@ from gateway.quiet_hours import QuietHours
 from gateway.retry import RetryPolicy
 from gateway.routing import Route
 from gateway.sinks import Sink, SinkOptions
-from gateway.sources.base import Source, SourceOptions
+from gateway.sources.base import ProviderZone, Source, SourceOptions
 
 _VARIABLE = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -106,6 +106,12 @@ class AdminConfig(_Strict):
         return token or None  # `${GATEWAY_ADMIN_TOKEN:-}` left unset
 
 
+class ConsoleConfig(_Strict):
+    enabled: bool = Field(True, description="Serve the operator console at /console (only while admin.enabled)")
+    timezone: ProviderZone = Field("UTC", description="IANA zone the console shows times in")
+    session_lifetime: Duration = Field(12 * 3600.0, gt=0, description="How long a console sign-in lasts")
+
+
 class LoggingConfig(_Strict):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -167,6 +173,7 @@ class GatewayConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

@@ -190,6 +190,10 @@ class Worker:
             logger.warning("took back %d deliveries leased by %s, which no longer run", released, ", ".join(gone))
         return released
 
+    def circuit_states(self) -> dict[str, str]:
+        """Per sink with a circuit breaker, its state in this process: closed, open or probing."""
+        return {name: circuit.state.value for name, circuit in self._circuits.items()}
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         logger.info("worker %s delivering to %s", self.owner, ", ".join(self.lanes) or "no sink")
         await self.take_back_orphans()
@@ -358,8 +362,7 @@ class Worker:
             transition = self._transition(lane, claimed, number, result)
             attempt = AttemptRecord(number, started_at, duration_ms, result.outcome, result.status_code, result.detail)
             self._log(lane, claimed, attempt, transition)
-            self.metrics.attempts.labels(lane.name, result.outcome).inc()
-            self.metrics.attempt_seconds.labels(lane.name).observe(duration_ms / 1000)
+            self.metrics.attempted(lane.name, result.outcome, duration_ms / 1000)
             if transition.status == "dead":
                 self.metrics.dead_lettered.labels(lane.name).inc()
                 logger.warning("delivery %s to %s dead-lettered: %s", claimed.id, lane.name, transition.dead_reason)

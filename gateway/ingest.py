@@ -92,7 +92,7 @@ class Ingest:
         )
         # unmapped types are whatever a signed body says: one label value for all of them keeps the series bounded
         metric_type = webhook.provider_event_type if event is not None else "other"
-        self.metrics.webhooks.labels(source_name, metric_type, outcome).inc()
+        self.metrics.answered(source_name, metric_type, outcome)
         sinks = [] if stored.duplicate or stale else [target.sink for target in targets]
         level = logging.WARNING if outcome in ("unmapped", "stale") else logging.INFO
         if logger.isEnabledFor(level):

@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.store.base import SinkStats
+from gateway.clock import Clock, SystemClock
+from gateway.store.base import Outcome, SinkStats
+from gateway.traffic import Traffic
 
 LATEST: Final = "mostrecent"  # the gauges are read from the store at each scrape: the last process to read it is right
 SHARED_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
@@ -24,7 +26,9 @@ SHARED_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.traffic = Traffic(clock or SystemClock())
+        """The same webhooks and attempts, per minute, for the console's overview."""
         self.registry = registry = CollectorRegistry()
         self.webhooks = Counter(
             "gateway_webhooks",
@@ -119,6 +123,16 @@ class Metrics:
             registry=registry,
             multiprocess_mode=LATEST,
         )
+
+    def answered(self, source: str, provider_type: str, outcome: str) -> None:
+        """A webhook of `source` answered with `outcome` (accepted, duplicate, or why it was refused)."""
+        self.webhooks.labels(source, provider_type, outcome).inc()
+        self.traffic.count("webhook", source, outcome)
+
+    def attempted(self, sink: str, outcome: Outcome, seconds: float) -> None:
+        self.attempts.labels(sink, outcome).inc()
+        self.attempt_seconds.labels(sink).observe(seconds)
+        self.traffic.count("attempt", sink, outcome)
 
     def observe_queues(
         self, sinks: Iterable[str], stats: dict[str, SinkStats], paused: Container[str] = frozenset()

@@ -18,6 +18,7 @@ from gateway.durations import Duration
 from gateway.exceptions import GatewayError
 from gateway.store.base import DeadLetter, DeliveryRow, EventRecord, EventSummary, SinkStats, Store
 from gateway.store.queries import DeadLetterQuery, EventQuery, decode_cursor, encode_cursor
+from gateway.traffic import Traffic
 
 
 class OperationError(GatewayError):
@@ -78,6 +79,11 @@ class Purge(Params):
 
 
 P = TypeVar("P", bound=Params)
+ACKNOWLEDGED = frozenset({"accepted", "duplicate", "stale", "unmapped"})
+"""Webhook outcomes answered with a 2xx; every other outcome is a refusal, by reason."""
+RECENT_FAILURES = 10
+RECENT_AMONG = 10_000
+"""The overview's recent failures are looked for among this many latest attempts: bounded work on a big store."""
 TIMELINE_EVENTS = 500
 """An appointment's timeline shows at most this many events (its latest)."""
 
@@ -101,9 +107,17 @@ class Operations:
         tombstones: float = 365 * 86400.0,
         wake: Callable[[Iterable[str] | None], None],
         sinks: Sequence[str] = (),
+        sources: Sequence[str] = (),
+        circuits: Callable[[], dict[str, str]] = dict,
+        traffic: Traffic | None = None,
         alerts: Alerts | None = None,
     ) -> None:
+        self.traffic = traffic
+        """This process's counts, flushed before the overview reads every process's."""
         self.alerts = alerts
+        self.sources = list(sources)
+        self.circuits = circuits
+        """Per sink with a circuit breaker, its state in this process's worker (none without a worker)."""
         self.sinks = list(sinks)
         """The configured sinks, in configuration order."""
         self.store = store
@@ -234,6 +248,52 @@ class Operations:
             )
         return {"sinks": rows}
 
+    async def overview(self) -> dict[str, Any]:
+        """Per source, webhooks acknowledged and refused (by reason) over the last hour and day; per sink, its queue,
+        success rate over the last hour, and state; and the latest failed attempts. Counts come from every process
+        (gateway.traffic)."""
+        if self.traffic is not None:
+            await self.traffic.flush(self.store)
+        minute = int(self.clock.now() // 60)
+        webhooks: dict[str, dict[str, dict[str, int]]] = {name: {} for name in self.sources}
+        """Source -> outcome -> {"hour": n, "day": n}"""
+        attempts: dict[str, dict[str, int]] = {}
+        """Sink -> outcome -> attempts in the last hour"""
+        for count in await self.store.traffic(since=minute - 1439):
+            last_hour = count.minute > minute - 60
+            if count.kind == "attempt" and last_hour:
+                made = attempts.setdefault(count.name, {})
+                made[count.outcome] = made.get(count.outcome, 0) + count.count
+            elif count.kind == "webhook" and count.name in webhooks:
+                totals = webhooks[count.name].setdefault(count.outcome, _window())
+                totals["day"] += count.count
+                totals["hour"] += count.count if last_hour else 0
+        sinks = (await self.list_sinks())["sinks"]
+        circuits = self.circuits()
+        for row in sinks:
+            made = attempts.get(row["sink"], {})
+            total = sum(made.values())
+            row["attempts_last_hour"] = total
+            row["success_rate_last_hour"] = round(made.get("succeeded", 0) / total, 4) if total else None
+            row["circuit"] = circuits.get(row["sink"])
+        failures = await self.store.recent_failures(limit=RECENT_FAILURES, among=RECENT_AMONG)
+        return {
+            "sources": [_webhook_counts(name, outcomes) for name, outcomes in webhooks.items()],
+            "sinks": sinks,
+            "recent_failures": [
+                {
+                    "delivery_id": failure.delivery_id,
+                    "event_id": failure.event_id,
+                    "sink": failure.sink,
+                    "started_at": _iso(failure.started_at),
+                    "outcome": failure.outcome,
+                    "status_code": failure.status_code,
+                    "detail": failure.detail,
+                }
+                for failure in failures
+            ],
+        }
+
     async def pause_sink(self, sink: str, params: Pause) -> dict[str, Any]:
         """Stop every worker claiming the sink's deliveries (within a second): they wait, spending no attempt."""
         self._known_sink(sink)
@@ -276,6 +336,20 @@ class Operations:
         return event
 
 
+def _window() -> dict[str, int]:
+    return {"hour": 0, "day": 0}
+
+
+def _webhook_counts(source: str, outcomes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    acknowledged, refused = _window(), _window()
+    for outcome, window in outcomes.items():
+        total = acknowledged if outcome in ACKNOWLEDGED else refused
+        total["hour"] += window["hour"]
+        total["day"] += window["day"]
+    refusals = {outcome: window for outcome, window in outcomes.items() if outcome not in ACKNOWLEDGED}
+    return {"source": source, "acknowledged": acknowledged, "refused": refused, "refusals": refusals}
+
+
 def _position(cursor: str | None) -> tuple[float, str] | None:
     if cursor is None:
         return None
@@ -307,6 +381,8 @@ def _summary(event: EventSummary) -> dict[str, Any]:
         "provider_event_type": event.provider_event_type,
         "type": event.type,
         "appointment_id": event.appointment_id,
+        "customer_phone": event.customer_phone,
+        "customer_email": event.customer_email,
         "occurred_at": _iso(event.occurred_at),
         "received_at": _iso(event.received_at),
         "deliveries": event.deliveries,

@@ -71,11 +71,11 @@ class Webhooks:
                 body = await _read_body(receive, headers, self.max_body_bytes)
             ack = await self.ingest.receive(source, headers, body)
         except TimeoutError:
-            self.metrics.webhooks.labels(source, "", "request_timeout").inc()
+            self.metrics.answered(source, "", "request_timeout")
             detail = f"the body did not arrive within {self.read_timeout:g}s"
             return 408, {"error": "request_timeout", "detail": detail}, {"connection": "close"}
         except WebhookRejected as rejected:
-            self.metrics.webhooks.labels(source, "", rejected.reason).inc()
+            self.metrics.answered(source, "", rejected.reason)
             logger.info(
                 "webhook rejected",
                 extra={
@@ -92,7 +92,7 @@ class Webhooks:
                 "webhook not acknowledged: storage failed",
                 extra={"source": source, "outcome": "storage_unavailable", "status": 503, "detail": str(error)},
             )
-            self.metrics.webhooks.labels(source, "", "storage_unavailable").inc()
+            self.metrics.answered(source, "", "storage_unavailable")
             detail = "the event could not be stored; retry later"
             return 503, {"error": "storage_unavailable", "detail": detail}, {"retry-after": "30"}
         return ack.status_code, ack.body, {}

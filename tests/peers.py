@@ -11,6 +11,10 @@ the specs are not part of this repository. VENDOR_SPECS_DIR, a folder holding tw
 spec/json/tsg_mail_v3.json, commit dbe0e0d), defaults to ../shared/vendor-specs beside the checkout; PRISM, Prism's
 executable, defaults to the one .ci/run installs (.ci/prism), then `prism` on PATH.
 
+Chromium, for the console's browser tests: Debian's `chromium` package (CHROMIUM, its executable, defaults to
+`chromium` on PATH), driven by Playwright for Python, which is told where it is (Playwright's own browser download
+needs the internet).
+
 GATEWAY_TEST_PEERS=none starts no peer (their tests skip): a quicker run while working on something else.
 """
 
@@ -168,3 +172,12 @@ def _throwaway_postgres() -> str | None:
     cluster = stack.enter_context(postgres_cluster())
     atexit.register(stack.close)
     return cluster.url
+
+
+def chromium() -> str:
+    """The path of Debian's Chromium, for Playwright's `executable_path`."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") if STARTS_PEERS else None
+    if not path:
+        _missing("Chromium (apt-get install chromium)")
+    assert path is not None
+    return path

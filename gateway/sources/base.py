@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -204,6 +205,14 @@ def load_samples(filename: str, package: str = "gateway.samples") -> dict[str, d
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     samples: dict[str, dict[str, Any]] = json.loads(text)
     return samples
+
+
+def test_request(source: Source, event_type: str, *, occurred_at: datetime) -> tuple[bytes, dict[str, str]]:
+    """A sample of `event_type` under a fresh id, and the headers that sign it, as the provider's "send test event"
+    would post it (`send-test-event`, the console); KeyError names the types the source knows."""
+    body = source.sample(event_type, event_id=f"evt_test_{uuid.uuid4().hex[:16]}", occurred_at=occurred_at)
+    raw = json.dumps(body).encode()
+    return raw, source.signed_headers(raw, event_type)
 
 
 def sample_from(filename: str, event_type: str, *, package: str = "gateway.samples", **fields: str) -> dict[str, Any]:

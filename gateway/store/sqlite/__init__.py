@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Self
