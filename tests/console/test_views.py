@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from gateway.config import Config
+from gateway.console.events import formatted
+from gateway.console.masking import masked
 from gateway.exceptions import StorageError, WebhookRejected
 from gateway.sources.base import load_samples
 from gateway.testing.receiver import Answer, receiver
@@ -419,3 +421,58 @@ async def test_a_sinks_error_text_is_redacted_in_lists_and_whole_on_the_event(
                 shown = (await client.get(page)).text
                 assert "unknown contact [phone]" in shown and PHONE not in shown, page
             assert f"unknown contact {PHONE}" in (await client.get(f"/console/events/{event_id}")).text
+
+
+async def test_times_typed_without_a_zone_are_read_in_the_consoles(write_config: Callable[[str], Config]) -> None:
+    """A browser's datetime-local has no zone: 00:30 in Paris is 23:30 UTC the day before."""
+    config = write_config(f"admin: {{token: {TOKEN}}}\nconsole: {{timezone: Europe/Paris}}\n")
+    async with running_gateway(config) as gateway:  # its clock: 2026-01-01T00:00:00Z, 01:00 in Paris
+        event_id = await stored_event(gateway, event("appointment.created", "evt_1"))
+        client = await signed_in(gateway)
+        since = await client.get("/console/events", params={"since": "2026-01-01T00:30"})
+        until = await client.get("/console/events", params={"until": "2026-01-01T00:30"})
+        assert event_id in since.text and event_id not in until.text
+        assert "Jan 1, 2026, 1:00:00" in text(since.text)  # shown in Paris time too
+        utc = await client.get("/console/events", params={"until": "2026-01-01T00:30:00+00:00"})
+        assert event_id in utc.text
+
+
+async def test_a_bad_cursor_or_filter_is_a_400_page(gateway: Running) -> None:
+    client = await signed_in(gateway)
+    for page in ("/console/dead-letters?cursor=garbage", "/console/events?cursor=garbage"):
+        answer = await client.get(page)
+        assert answer.status_code == 400, page
+    assert "is not a cursor this gateway gave out" in (await client.get("/console/events?cursor=x")).text
+
+
+async def test_sign_in_and_sign_out_refuse_what_a_foreign_page_or_a_stranger_sends(gateway: Running) -> None:
+    foreign = await gateway.client.post(
+        "/console/sign-in", data={"token": TOKEN}, headers={"origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+    client = await signed_in(gateway)
+    assert (await client.post("/console/sign-out", data={"csrf": "nope"})).status_code == 403
+    assert (await client.get("/console/")).status_code == 200  # still signed in
+
+
+async def test_a_form_too_large_or_unreadable_is_refused(gateway: Running) -> None:
+    client = await signed_in(gateway)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    large = await client.post("/console/sinks/crm/pause", content=b"reason=" + b"x" * 20_000, headers=form)
+    unreadable = await client.post("/console/sinks/crm/pause", content=b"reason=\xff\xfe", headers=form)
+    assert (large.status_code, unreadable.status_code) == (413, 400)
+    assert await gateway.store.paused_sinks() == {}
+
+
+def test_a_raw_body_is_shown_indented_as_sent_or_in_base64() -> None:
+    assert formatted({"raw_body": '{"a": [1]}'}) == '{\n  "a": [\n    1\n  ]\n}'
+    assert formatted({"raw_body": "not json"}) == "not json"
+    assert formatted({"raw_body_base64": "/w=="}) == "(base64) /w=="
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(None, ""), ("", ""), ("+33612", "•••"), ("+33612345678", "+336•••78"), ("ana@example.org", "a•••@example.org")],
+)
+def test_masked(value: str | None, shown: str) -> None:
+    assert masked(value) == shown
