@@ -49,6 +49,14 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
     return hops[0]
 
 
+def from_trusted_proxy(peer: str | None, trusted: Sequence[Network]) -> bool:
+    """Whether the TCP peer is one of the trusted proxies (whose X-Forwarded-* headers are believed)."""
+    try:
+        return peer is not None and _within(ipaddress.ip_address(peer), trusted)
+    except ValueError:
+        return False
+
+
 def _within(address: Address, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 

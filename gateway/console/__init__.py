@@ -28,6 +28,7 @@ def console_routes(settings: GatewayConfig, operations: Operations, ingest: Inge
     screen = Screen(
         Sessions(settings.admin.token, clock, lifetime=console.session_lifetime),
         ZoneInfo(console.timezone),
+        settings.server.trusted_proxies,
     )
     screen.templates.filters["masked"] = masked if settings.logging.redact else str
     screen.templates.filters["redacted"] = redact if settings.logging.redact else str  # a sink's error text

@@ -8,7 +8,7 @@ to a page that says what happened (POST/redirect/GET: a reload never repeats it)
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from gateway.console.i18n import LANGUAGE_COOKIE, LANGUAGES, Translator, negotiate
 from gateway.console.sessions import COOKIE, Session, Sessions
 from gateway.exceptions import StorageError
+from gateway.ingress import Network, from_trusted_proxy
 from gateway.operations import OperationError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Screen:
 
     sessions: Sessions
     zone: ZoneInfo
+    trusted_proxies: Sequence[Network] = ()
+    """server.trusted_proxies: behind one that terminates TLS, X-Forwarded-Proto says the request was HTTPS."""
     templates: jinja2.Environment = field(
         default_factory=lambda: jinja2.Environment(
             loader=jinja2.PackageLoader("gateway.console", "templates"),
@@ -117,8 +120,15 @@ class Screen:
             path=PREFIX,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=self.over_tls(request),
         )
+
+    def over_tls(self, request: Request) -> bool:
+        if request.url.scheme == "https":
+            return True
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.get("x-forwarded-proto", "").lower()
+        return from_trusted_proxy(peer, self.trusted_proxies) and forwarded.split(",")[0].strip() == "https"
 
     def page(self, view: Callable[[Request], Awaitable[Page]]) -> Callable[[Request], Awaitable[Response]]:
         """A GET endpoint: signed in (or sent to sign in), the view's page rendered, its problems shown."""

@@ -476,3 +476,19 @@ def test_a_raw_body_is_shown_indented_as_sent_or_in_base64() -> None:
 )
 def test_masked(value: str | None, shown: str) -> None:
     assert masked(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("trusted", "proto", "secure"),
+    [("[127.0.0.1/32]", "https", True), ("[127.0.0.1/32]", "http", False), ("[]", "https", False)],
+)
+async def test_the_cookie_is_secure_behind_a_trusted_proxy_that_terminated_tls(
+    write_config: Callable[[str], Config], trusted: str, proto: str, secure: bool
+) -> None:
+    """TLS ends at the proxy: only a trusted proxy's X-Forwarded-Proto says the browser used HTTPS."""
+    config = write_config(f"admin: {{token: {TOKEN}}}\nserver: {{trusted_proxies: {trusted}}}\n")
+    async with running_gateway(config) as gateway:
+        answer = await gateway.client.post(
+            "/console/sign-in", data={"token": TOKEN}, headers={"x-forwarded-proto": proto}
+        )
+        assert ("secure" in answer.headers["set-cookie"].lower()) is secure
