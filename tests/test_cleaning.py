@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cleaning import email_address, may_hold_surrogates, single_line, without_surrogates
+from gateway.cleaning import PARSED_KEPT, email_address, may_hold_surrogates, single_line, without_surrogates
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,12 @@ def test_lone_surrogates_become_replacement_characters_everywhere_paired_ones_st
     body = b'{"name": "A \\ud800 B", "\\udfff": ["\\ud83d\\ude00"]}'
     assert may_hold_surrogates(body) and not may_hold_surrogates(b'{"name": "\\u00e9"}')
     assert without_surrogates(json.loads(body)) == {"name": "A \ufffd B", "\ufffd": ["\U0001f600"]}
+
+
+def test_an_email_read_again_is_remembered_valid_or_not() -> None:
+    email_address.cache_clear()
+    for _ in range(3):
+        assert email_address("Ana@Example.GN") == "Ana@example.gn"
+        assert email_address("ana@") is None
+    assert (email_address.cache_info().hits, email_address.cache_info().misses) == (4, 2)
+    assert email_address.cache_info().maxsize == PARSED_KEPT

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.exceptions import WebhookRejected
-from gateway.sources.base import ProviderId, ProviderTime, ProviderUrl, ProviderZone, SourceOptions, validated
+from gateway.sources.base import ProviderId, ProviderTime, ProviderUrl, ProviderZone, SourceOptions, e164, validated
 
 
 class Fields(BaseModel):
@@ -52,3 +52,22 @@ def test_kept_headers_are_cut_to_200_characters() -> None:
 
     source = Moncreneau("mc", SourceOptions(type="moncreneau", secrets=["s"]))
     assert source.kept({"x-moncreneau-delivery": "d" * 40000, "other": "x"}) == {"x-moncreneau-delivery": "d" * 200}
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "number"),
+    [
+        ("622 12 34 56", "GN", "+224622123456"),
+        ("+33 6 12 34 56 78", "GN", "+33612345678"),
+        ("06 12 34 56 78", "FR", "+33612345678"),
+        ("06 12 34 56 78", None, None),  # no country code and no region to read it in
+        ("12", "GN", None),
+        ("call me", "GN", None),
+        ("+" + "1" * 300, "GN", None),
+    ],
+)
+def test_e164_reads_a_number_in_its_region_and_remembers_it(raw: str, region: str | None, number: str | None) -> None:
+    e164.cache_clear()
+    assert e164(raw, region) == number
+    assert e164(raw, region) == number
+    assert e164.cache_info().hits == 1
