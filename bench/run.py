@@ -52,8 +52,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_requests(path: Path, mode: str, count: int, first: int = 0) -> None:
-    """Signed requests for events numbered from `first`, one per line; `duplicates` repeats each event ten times."""
+def write_requests(path: Path, mode: str, count: int, first: int = 0, per_customer: int = 1) -> None:
+    """Signed requests for events numbered from `first`, one per line; `duplicates` repeats each event ten times.
+    Each customer (phone, email) has `per_customer` events in a row: by default each event has a customer of its
+    own, so that no cache of parsed contacts flatters the gateway."""
     moncreneau = load_samples("moncreneau.json")["appointment.created"]
     booking = load_samples("yappointment.json")["booking.created"]
     with path.open("w") as out:
@@ -61,12 +63,16 @@ def write_requests(path: Path, mode: str, count: int, first: int = 0) -> None:
             number = first + (n // 10 if mode == "duplicates" else n)
             if mode == "yappointment":
                 booking["id"], booking["data"]["id"] = f"evt_{number}", f"bkg_{number}"
+                booking["data"]["customerEmail"] = f"customer.{number // per_customer}@example.com"
                 raw = json.dumps(booking, separators=(",", ":"))
                 out.write(
                     f"/webhooks/yappointment\tX-Webhook-Signature\t{hmac_sha256_hex(SECRET, raw.encode())}\t{raw}\n"
                 )
             else:
                 moncreneau["id"], moncreneau["data"]["object"]["id"] = f"evt_{number}", number
+                customer = number // per_customer
+                moncreneau["data"]["object"]["phone"] = f"+2246{customer % 10**8:08d}"
+                moncreneau["data"]["object"]["email"] = f"customer.{customer}@example.gn"
                 raw = json.dumps(moncreneau, separators=(",", ":"))
                 signature = "sha256=" + hmac_sha256_hex(SECRET, raw.encode())
                 out.write(f"/webhooks/moncreneau\tX-Moncreneau-Signature\t{signature}\t{raw}\n")

@@ -1,0 +1,132 @@
+"""Throughput against an earlier version of the gateway, in one sitting: the two installs alternate, and the
+medians and their ratios are printed.
+
+    .venv/bin/python bench/compare.py --baseline DIR [--rounds 3] [--duration 10] [--processes 2]
+                                      [--connections 64] [--separate-worker] [--per-customer 1]
+
+DIR is a checkout of the earlier version with its own virtual environment in DIR/.venv, e.g. for issue 16's
+652322b: `git worktree add ../base 652322b && cd ../base && python3 -m venv .venv && .venv/bin/pip install -e .`
+
+Each round runs each install once, the order alternating from round to round: a fresh store and receiver, `serve
+--processes N` (a worker in each process) flat out under wrk with events no earlier load sent, each with a customer
+of its own, until every accepted event has reached the receiver. Per run: accepted requests/s, delivered/s during
+the load, the backlog's growth over the load's second half, acknowledgement p50 and p99, and the CPU of all the
+gateway's processes per delivered event, from the load's start until its last event was delivered. Needs wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import (  # noqa: E402
+    Gateway,
+    free_port,
+    gateway_phase,
+    start,
+    start_receiver,
+    stop,
+    write_requests,
+)
+
+SECRET = "bench-secret"
+
+
+@dataclass(frozen=True)
+class Install:
+    name: str
+    checkout: Path
+
+    @property
+    def python(self) -> str:
+        return str(self.checkout / ".venv" / "bin" / "python")
+
+
+def one_run(install: Install, work: Path, number: int, args: argparse.Namespace) -> dict[str, float]:
+    folder = work / f"{install.name}-{number}"
+    folder.mkdir()
+    receiver, receiver_port = start_receiver(folder)
+    port = free_port()
+    config = folder / "config.yaml"
+    config.write_text(
+        f"""
+server: {{port: {port}, max_body_bytes: 65536}}
+storage: {{url: "sqlite:///{folder}/gateway.db"}}
+logging: {{level: WARNING}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}
+sinks:
+  crm: {{type: http, options: {{url: "http://127.0.0.1:{receiver_port}/"}}, concurrency: 32, timeout: 10s}}
+routes:
+  - sinks: [crm]
+"""
+    )
+    environment = {**os.environ, "PYTHONPATH": str(install.checkout)}
+    command = [install.python, "-P", "-m", "gateway", "-c", str(config)]  # -P: not the working directory's gateway
+    serve = [*command, "serve", "--processes", str(args.processes), *(["--no-worker"] if args.separate_worker else [])]
+    processes = [start(serve, port, folder / "serve.log", env=environment)]
+    if args.separate_worker:
+        processes.append(start([*command, "worker"], port, folder / "worker.log", env=environment))
+    requests = folder / "requests.tsv"
+    write_requests(requests, "unique", args.events, first=number * args.events, per_customer=args.per_customer)
+    try:
+        gateway = Gateway(
+            processes, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{receiver_port}", args.connections, args.duration
+        )
+        phase = gateway_phase(gateway, requests)
+    finally:
+        stop(processes)
+        stop([receiver])
+    delivered = max(1, phase.accepted)
+    return {
+        "accepted/s": phase.load["rps"],
+        "delivered/s during the load": phase.delivered_during_load / phase.seconds,
+        "backlog growth /s": phase.backlog_growth,
+        "ack p50 ms": phase.load["p50"],
+        "ack p99 ms": phase.load["p99"],
+        "CPU ms per delivered event": phase.cpu_ms_per_request * phase.load["requests"] / delivered,
+        "non-2xx": phase.load["non_2xx"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, required=True, help="checkout of the earlier version, with .venv")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--separate-worker", action="store_true")
+    parser.add_argument(
+        "--per-customer", type=int, default=1, help="events of each customer in a row (default 1: all different)"
+    )
+    args = parser.parse_args()
+    installs = [Install("baseline", args.baseline.resolve()), Install("this", ROOT)]
+    results: dict[str, list[dict[str, float]]] = {install.name: [] for install in installs}
+    with tempfile.TemporaryDirectory(prefix="bench-compare-", ignore_cleanup_errors=True) as folder:
+        for number in range(args.rounds):
+            for install in installs if number % 2 == 0 else installs[::-1]:
+                run = one_run(install, Path(folder), number, args)
+                results[install.name].append(run)
+                shown = ", ".join(f"{key} {value:.2f}" for key, value in run.items())
+                print(f"round {number + 1}, {install.name}: {shown}", flush=True)
+    print(f"\n{'median of ' + str(args.rounds):32} {'baseline':>10} {'this':>10} {'ratio':>7}")
+    for key in results["this"][0]:
+        before = statistics.median(run[key] for run in results["baseline"])
+        after = statistics.median(run[key] for run in results["this"])
+        ratio = f"{after / before:7.2f}" if before else "      —"
+        print(f"{key:32} {before:10.2f} {after:10.2f} {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
