@@ -34,10 +34,9 @@ from bench.run import (  # noqa: E402
     start,
     start_receiver,
     stop,
+    write_config,
     write_requests,
 )
-
-SECRET = "bench-secret"
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,7 @@ def one_run(install: Install, work: Path, number: int, args: argparse.Namespace)
     folder.mkdir()
     receiver, receiver_port = start_receiver(folder)
     port = free_port()
-    config = folder / "config.yaml"
-    config.write_text(
-        f"""
-server: {{port: {port}, max_body_bytes: 65536}}
-storage: {{url: "sqlite:///{folder}/gateway.db"}}
-logging: {{level: WARNING}}
-sources:
-  moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}
-sinks:
-  crm: {{type: http, options: {{url: "http://127.0.0.1:{receiver_port}/"}}, concurrency: 32, timeout: 10s}}
-routes:
-  - sinks: [crm]
-"""
-    )
+    config = write_config(folder, port, receiver_port)
     environment = {**os.environ, "PYTHONPATH": str(install.checkout)}
     command = [install.python, "-P", "-m", "gateway", "-c", str(config)]  # -P: not the working directory's gateway
     serve = [*command, "serve", "--processes", str(args.processes), *(["--no-worker"] if args.separate_worker else [])]

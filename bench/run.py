@@ -78,6 +78,26 @@ def write_requests(path: Path, mode: str, count: int, first: int = 0, per_custom
                 out.write(f"/webhooks/moncreneau\tX-Moncreneau-Signature\t{signature}\t{raw}\n")
 
 
+def write_config(folder: Path, port: int, receiver_port: int) -> Path:
+    """The benchmarked gateway: both sources, one `http` sink to the counting receiver, logging at WARNING."""
+    config = folder / "config.yaml"
+    config.write_text(
+        f"""
+server: {{port: {port}, max_body_bytes: 65536}}
+storage: {{url: "sqlite:///{folder}/gateway.db"}}
+logging: {{level: WARNING}}
+sources:
+  moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}
+  yappointment: {{type: yappointment, secrets: [{SECRET}]}}
+sinks:
+  crm: {{type: http, options: {{url: "http://127.0.0.1:{receiver_port}/"}}, concurrency: 32, timeout: 10s}}
+routes:
+  - sinks: [crm]
+"""
+    )
+    return config
+
+
 def start(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 30
@@ -347,21 +367,7 @@ def main() -> int:
 
     receiver, receiver_port = start_receiver(work)
     gateway_port = free_port()
-    config = work / "config.yaml"
-    config.write_text(
-        f"""
-server: {{port: {gateway_port}, max_body_bytes: 65536}}
-storage: {{url: "sqlite:///{work}/gateway.db"}}
-logging: {{level: WARNING}}
-sources:
-  moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}
-  yappointment: {{type: yappointment, secrets: [{SECRET}]}}
-sinks:
-  crm: {{type: http, options: {{url: "http://127.0.0.1:{receiver_port}/"}}, concurrency: 32, timeout: 10s}}
-routes:
-  - sinks: [crm]
-"""
-    )
+    config = write_config(work, gateway_port, receiver_port)
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [PYTHON, "-m", "gateway", "-c", str(config)]
     serve = [*command, "serve", "--processes", str(args.processes)]
