@@ -18,7 +18,10 @@ CREATE TABLE IF NOT EXISTS events (
     customer_email TEXT,
     UNIQUE (source, provider_event_id)
 );
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at, id);
+-- the listing, newest first; with the columns its filters read, a filter that matches few events walks this index
+-- alone (a type no event has: 294 ms over a million events with the table read row by row)
+CREATE INDEX IF NOT EXISTS events_listing ON events (received_at, id, source, type, provider_event_type);
+DROP INDEX IF EXISTS events_received;
 CREATE INDEX IF NOT EXISTS events_appointment ON events (appointment_id);
 CREATE INDEX IF NOT EXISTS events_phone ON events (customer_phone);
 CREATE INDEX IF NOT EXISTS events_email ON events (customer_email);

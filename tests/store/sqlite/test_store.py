@@ -95,3 +95,17 @@ async def test_events_with_a_delivery_status_are_the_same_whichever_way_they_are
     assert [e.id for e in await store.list_events(yapp, limit=5)] == [ids[1]]
     assert await store.list_events(EventQuery(status="dead"), limit=5) == []
     await store.close()
+
+
+async def test_a_file_with_the_old_listing_index_gets_the_new_one(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        db.execute("DROP INDEX events_listing")
+        db.execute("CREATE INDEX events_received ON events (received_at, id)")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+    assert "events_listing" in indexes and "events_received" not in indexes
