@@ -110,14 +110,14 @@ ENDPOINTS = (
     Endpoint(
         "GET",
         "/overview",
-        "Webhooks acknowledged and refused per source (last hour and day), sinks' queues, success rates and states, "
-        "recent failures",
+        "Webhooks acknowledged and refused per source (last hour and day), the sinks (as /sinks), recent failures",
         lambda r, ops: ops.overview(),
     ),
     Endpoint(
         "GET",
         "/sinks",
-        "Every sink: running or paused (and why), queue depth, due, oldest due, dead letters",
+        "Every sink: running or paused (and why), circuit, queue depth, due, oldest due, dead letters, attempts and "
+        "success rate over the last hour",
         lambda r, ops: ops.list_sinks(),
     ),
     Endpoint(
@@ -159,15 +159,23 @@ async def _purge(request: Request, operations: Operations) -> dict[str, Any]:
     return await operations.purge(parse(Purge, await _body(request)))
 
 
-def browser_refusal(request: Request) -> JSONResponse | None:
-    """Refuse what a web page on another site could make a browser send (cross-site request forgery): a request
-    whose Origin is not this host, one the browser marks cross-site, and a POST that is not JSON (a form or a
-    `text/plain` fetch needs no CORS preflight; `application/json` does, and the gateway answers none)."""
+def from_another_site(request: Request) -> str | None:
+    """Why the request looks sent by a web page of another site (cross-site request forgery), else None: its
+    Origin is not this host, or the browser marks it cross-site. The admin API and the console refuse those."""
     origin = request.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
-        return _refused(403, "cross_origin", f"requests from {origin[:100]} are refused: the admin API is no page")
+        return f"requests from {origin[:100]} are refused"
     if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-        return _refused(403, "cross_origin", "cross-site requests are refused")
+        return "cross-site requests are refused"
+    return None
+
+
+def browser_refusal(request: Request) -> JSONResponse | None:
+    """Refuse what a web page on another site could make a browser send: a request from another site, and a POST
+    that is not JSON (a form or a `text/plain` fetch needs no CORS preflight; `application/json` does, and the
+    gateway answers none)."""
+    if (foreign := from_another_site(request)) is not None:
+        return _refused(403, "cross_origin", f"{foreign}: the admin API is no page")
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.method == "POST" and media != "application/json":
         return _refused(415, "unsupported_media_type", "send Content-Type: application/json (even with no body)")

@@ -11,13 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
 
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from gateway.admin import from_another_site
 from gateway.console.i18n import LANGUAGE_COOKIE, LANGUAGES, Translator, negotiate
 from gateway.console.sessions import COOKIE, Session, Sessions
 from gateway.exceptions import StorageError
@@ -165,7 +166,7 @@ class Screen:
 
     async def checked_form(self, request: Request, session: Session | None) -> Form:
         """The posted form, if it comes from this console: same origin, signed in, with the session's CSRF token."""
-        if cross_site(request):
+        if from_another_site(request) is not None:
             raise Problem(403, "Refused", "This form was sent from another site.")
         form = await read_form(request)
         if session is None:
@@ -182,14 +183,6 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
-
-
-def cross_site(request: Request) -> bool:
-    """True for a request a page of another site made the browser send."""
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
-        return True
-    return request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
 
 
 async def read_form(request: Request) -> dict[str, str]:

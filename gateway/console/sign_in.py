@@ -6,12 +6,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from gateway.admin import from_another_site
 from gateway.console.pages import (
     PREFIX,
     Page,
     Problem,
     Screen,
-    cross_site,
     notice,
     problem_page,
     read_form,
@@ -29,7 +29,7 @@ def routes(screen: Screen) -> list[Route]:
 
     async def sign_in(request: Request) -> Response:
         try:
-            if cross_site(request):
+            if from_another_site(request) is not None:
                 raise Problem(403, "Refused", "This form was sent from another site.")
             given = await read_form(request)
         except Problem as problem:
