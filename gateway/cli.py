@@ -147,7 +147,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sinks = commands.add_parser("sinks", help="sinks: state and queues; pause, resume")
     sink_actions = sinks.add_subparsers(required=True, metavar="ACTION")
-    listed = sink_actions.add_parser("list", help="every sink: running or paused, queue depth, due, dead letters")
+    listed = sink_actions.add_parser(
+        "list", help="every sink: running or paused, queue depth, due, dead letters, success rate over the last hour"
+    )
     listed.set_defaults(command=_admin(lambda ops, a: ops.list_sinks()))
     pause = sink_actions.add_parser("pause", help="stop attempting a sink's deliveries (every process, within 1 s)")
     pause.add_argument("sink")

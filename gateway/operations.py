@@ -16,7 +16,7 @@ from gateway.alerts import Alerts
 from gateway.clock import Clock, to_datetime
 from gateway.durations import Duration
 from gateway.exceptions import GatewayError
-from gateway.store.base import DeadLetter, DeliveryRow, EventRecord, EventSummary, SinkStats, Store
+from gateway.store.base import DeadLetter, DeliveryRow, EventRecord, EventSummary, SinkStats, Store, TrafficCount
 from gateway.store.queries import DeadLetterQuery, EventQuery, decode_cursor, encode_cursor
 from gateway.traffic import Traffic
 
@@ -231,55 +231,24 @@ class Operations:
         return {"discarded": delivery_id}
 
     async def list_sinks(self) -> dict[str, Any]:
-        stats, paused = await self.store.sink_stats(self.sinks, now=self.clock.now()), await self.store.paused_sinks()
-        rows = []
-        for sink in self.sinks:
-            current = stats.get(sink, SinkStats(0, 0, 0.0, 0))
-            rows.append(
-                {
-                    "sink": sink,
-                    "state": "paused" if sink in paused else "running",
-                    "paused_because": paused.get(sink),
-                    "queue_depth": current.pending,
-                    "due": current.due,
-                    "oldest_due_seconds": round(current.oldest_due_age, 3),
-                    "dead_letters": current.dead,
-                }
-            )
-        return {"sinks": rows}
+        minute, counts = await self._traffic(minutes=60)
+        return {"sinks": await self._sinks(counts, since=minute - 59)}
 
     async def overview(self) -> dict[str, Any]:
-        """Per source, webhooks acknowledged and refused (by reason) over the last hour and day; per sink, its queue,
-        success rate over the last hour, and state; and the latest failed attempts. Counts come from every process
-        (gateway.traffic)."""
-        if self.traffic is not None:
-            await self.traffic.flush(self.store)
-        minute = int(self.clock.now() // 60)
+        """Per source, webhooks acknowledged and refused (by reason) over the last hour and day; the sinks, as
+        list_sinks; and the latest failed attempts. Counts come from every process (gateway.traffic)."""
+        minute, counts = await self._traffic(minutes=1440)
         webhooks: dict[str, dict[str, dict[str, int]]] = {name: {} for name in self.sources}
         """Source -> outcome -> {"hour": n, "day": n}"""
-        attempts: dict[str, dict[str, int]] = {}
-        """Sink -> outcome -> attempts in the last hour"""
-        for count in await self.store.traffic(since=minute - 1439):
-            last_hour = count.minute > minute - 60
-            if count.kind == "attempt" and last_hour:
-                made = attempts.setdefault(count.name, {})
-                made[count.outcome] = made.get(count.outcome, 0) + count.count
-            elif count.kind == "webhook" and count.name in webhooks:
+        for count in counts:
+            if count.kind == "webhook" and count.name in webhooks:
                 totals = webhooks[count.name].setdefault(count.outcome, _window())
                 totals["day"] += count.count
-                totals["hour"] += count.count if last_hour else 0
-        sinks = (await self.list_sinks())["sinks"]
-        circuits = self.circuits()
-        for row in sinks:
-            made = attempts.get(row["sink"], {})
-            total = sum(made.values())
-            row["attempts_last_hour"] = total
-            row["success_rate_last_hour"] = round(made.get("succeeded", 0) / total, 4) if total else None
-            row["circuit"] = circuits.get(row["sink"])
+                totals["hour"] += count.count if count.minute > minute - 60 else 0
         failures = await self.store.recent_failures(limit=RECENT_FAILURES, among=RECENT_AMONG)
         return {
             "sources": [_webhook_counts(name, outcomes) for name, outcomes in webhooks.items()],
-            "sinks": sinks,
+            "sinks": await self._sinks(counts, since=minute - 59),
             "recent_failures": [
                 {
                     "delivery_id": failure.delivery_id,
@@ -293,6 +262,44 @@ class Operations:
                 for failure in failures
             ],
         }
+
+    async def _traffic(self, *, minutes: int) -> tuple[int, list[TrafficCount]]:
+        """The current minute, and every process's counts of the last `minutes` (this process's flushed first)."""
+        if self.traffic is not None:
+            await self.traffic.flush(self.store)
+        minute = int(self.clock.now() // 60)
+        return minute, await self.store.traffic(since=minute - minutes + 1)
+
+    async def _sinks(self, counts: list[TrafficCount], *, since: int) -> list[dict[str, Any]]:
+        """Per sink: running or paused (and why), its queue, its circuit in this process's worker, and its attempts
+        and success rate from the minute `since` on."""
+        stats, paused = await self.store.sink_stats(self.sinks, now=self.clock.now()), await self.store.paused_sinks()
+        attempts: dict[str, dict[str, int]] = {}
+        for count in counts:
+            if count.kind == "attempt" and count.minute >= since:
+                made = attempts.setdefault(count.name, {})
+                made[count.outcome] = made.get(count.outcome, 0) + count.count
+        circuits = self.circuits()
+        rows = []
+        for sink in self.sinks:
+            current = stats.get(sink, SinkStats(0, 0, 0.0, 0))
+            made = attempts.get(sink, {})
+            total = sum(made.values())
+            rows.append(
+                {
+                    "sink": sink,
+                    "state": "paused" if sink in paused else "running",
+                    "paused_because": paused.get(sink),
+                    "circuit": circuits.get(sink),
+                    "queue_depth": current.pending,
+                    "due": current.due,
+                    "oldest_due_seconds": round(current.oldest_due_age, 3),
+                    "dead_letters": current.dead,
+                    "attempts_last_hour": total,
+                    "success_rate_last_hour": round(made.get("succeeded", 0) / total, 4) if total else None,
+                }
+            )
+        return rows
 
     async def pause_sink(self, sink: str, params: Pause) -> dict[str, Any]:
         """Stop every worker claiming the sink's deliveries (within a second): they wait, spending no attempt."""

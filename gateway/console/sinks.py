@@ -11,7 +11,7 @@ from gateway.operations import Operations, Pause, parse
 
 def routes(screen: Screen, operations: Operations) -> list[Route]:
     async def sinks(request: Request) -> Page:
-        return Page("sinks.html", await operations.overview())
+        return Page("sinks.html", await operations.list_sinks())
 
     async def pause(request: Request, form: Form) -> str:
         reason = form.get("reason", "").strip() or None
