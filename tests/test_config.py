@@ -9,7 +9,7 @@ from gateway.cli import main
 from gateway.config import Config, load_config, secret_values
 from gateway.exceptions import ConfigError
 from gateway.plugins import plugin_manager
-from tests.conftest import MONCRENEAU_SECRET, YAPP_SECRET
+from tests.conftest import MONCRENEAU_SECRET, TWILIO_SMS, YAPP_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE_SINK = """
@@ -411,22 +411,16 @@ def test_check_config_renders_the_reminders_a_route_schedules(
     write_config: Callable[[str], Config], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(
-        """
-        sinks:
-          sms:
-            type: twilio_sms
-            options:
-              account_sid: AC0123456789abcdef0123456789abcdef
-              auth_token: t
-              from: "+15005550006"
-              templates:
-                appointment.reminder: {body: "{{ reminder.minutes }}"}
-        routes:
-          - sources: [moncreneau]
-            events: [appointment.created, appointment.updated]
-            sinks: [sms]
-            reminders: [24h, 2h]
-        """
+        "sinks:\n"
+        + TWILIO_SMS
+        + """      templates:
+        appointment.reminder: {body: "{{ reminder.minutes }}"}
+routes:
+  - sources: [moncreneau]
+    events: [appointment.created, appointment.updated]
+    sinks: [sms]
+    reminders: [24h, 2h]
+"""
     )
     assert main(["--config", str(config.path), "check-config"]) == 0
     out = capsys.readouterr().out

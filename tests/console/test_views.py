@@ -492,3 +492,24 @@ async def test_the_cookie_is_secure_behind_a_trusted_proxy_that_terminated_tls(
             "/console/sign-in", data={"token": TOKEN}, headers={"x-forwarded-proto": proto}
         )
         assert ("secure" in answer.headers["set-cookie"].lower()) is secure
+
+
+async def test_storage_down_during_an_action_or_the_overview_is_a_503_page_and_nothing_is_claimed_done(
+    gateway: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await signed_in(gateway)
+    token = await csrf(client)
+    await stored_event(gateway, event("appointment.created", "evt_1"))  # counted, not yet flushed
+
+    async def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("database is locked")
+
+    monkeypatch.setattr(gateway.store, "set_paused", unavailable)
+    monkeypatch.setattr(gateway.store, "add_traffic", unavailable)
+    paused = await client.post("/console/sinks/crm/pause", data={"csrf": token})
+    assert paused.status_code == 503 and "The sink is paused." not in paused.text
+    overview = await client.get("/console/")
+    assert overview.status_code == 503 and "The store cannot be read now" in overview.text
+    monkeypatch.undo()
+    assert await gateway.store.paused_sinks() == {}
+    assert "moncreneau 1 1 0 0" in text((await client.get("/console/")).text)  # the counts were kept for later
