@@ -194,7 +194,7 @@ def create_app(
         store,
         clock=clock,
         metrics=metrics,
-        on_stored=worker.wake,
+        deliverer=worker,
         withdrawing=withdrawing(config),
     )
     server = config.settings.server

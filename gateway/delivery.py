@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -38,7 +38,7 @@ from gateway.quiet_hours import QuietHours
 from gateway.reminders import reminder_event
 from gateway.retry import GiveUp, RetryPolicy, after_failure
 from gateway.sinks import Delivery, Sink
-from gateway.store.base import AttemptRecord, ClaimedDelivery, Outcome, Store, Transition
+from gateway.store.base import AttemptRecord, ClaimedDelivery, Handoff, Outcome, Store, Transition
 from gateway.store.queries import EventQuery
 
 logger = logging.getLogger(__name__)
@@ -144,13 +144,18 @@ class Worker:
         """Per sink, claimed deliveries the sink has not answered yet: up to twice its `concurrency`, so that the
         next ones are claimed (a commit away) while the first are sent, and start as soon as a slot frees."""
         self._slots = {name: anyio.Semaphore(lane.concurrency) for name, lane in self.lanes.items()}
+        self._attempts: dict[str, TaskGroup] = {}
+        """Per running lane, the task group its attempts run in (handed-off deliveries start there too)."""
+        self._coming = dict.fromkeys(self.lanes, 0)
+        """Per sink, deliveries on their way: offered to ingests still committing, or asked of a claim in flight.
+        They count against the limit of `_claimed` as if they were there."""
         self._more_due = dict.fromkeys(self.lanes, False)
         """Per sink, whether its last claim was cut short by the limit (more may be due than it took)."""
         self._wakeups = {name: anyio.Event() for name in self.lanes}
         self._next_due: dict[str, float | None] = dict.fromkeys(self.lanes)
         """Per sink, when its earliest waiting delivery falls due (reminders, retries), as the store said when the
-        last claim found nothing due (None after a claim that took some: their attempts wake the lane): the lane
-        sleeps until then, not a poll."""
+        last claim took all that was due (None after a claim cut short by its limit: their attempts wake the lane):
+        the lane sleeps until then, not a poll."""
         self._circuits = {name: Circuit(lane.circuit) for name, lane in self.lanes.items() if lane.circuit}
         self._probes: dict[str, str] = {}
         """Per sink whose circuit is open, the delivery claimed to probe it."""
@@ -171,6 +176,45 @@ class Worker:
         for name in self.lanes if sinks is None else sinks:
             if name in self._wakeups:
                 self._wakeups[name].set()
+
+    def offer(self, sinks: Iterable[str]) -> Handoff | None:
+        """What this worker takes straight from an ingest about to commit deliveries to `sinks`: those of its running
+        lanes with room to claim ahead, nothing held back (a pause, an open circuit, a rate limit, pauses not read
+        lately). Every offer is answered by `take`, whatever the ingest came to."""
+        if not self.running or self._stop.is_set() or time.monotonic() - self._paused_read_at >= PAUSES_READ_EVERY:
+            return None
+        sinks = frozenset(sink for sink in sinks if self._takes(sink))
+        if not sinks:
+            return None
+        for sink in sinks:
+            self._coming[sink] += 1
+        return Handoff(self.owner, self.clock.now() + self.lease, sinks)
+
+    def _takes(self, sink: str) -> bool:
+        lane = self.lanes.get(sink)
+        if lane is None or sink not in self._attempts or lane.rate_limit is not None or sink in self._paused:
+            return False
+        circuit = self._circuits.get(sink)
+        if circuit is not None and circuit.state is not State.CLOSED:
+            return False
+        return len(self._claimed[sink]) + self._coming[sink] < 2 * lane.concurrency
+
+    async def take(
+        self, handoff: Handoff | None, leased: Sequence[ClaimedDelivery], event: AppointmentEvent | None
+    ) -> None:
+        """Attempt the deliveries an ingest leased to this worker on its `offer`, sending `event` from memory (or
+        give them back, should the worker have stopped meanwhile)."""
+        if handoff is None:
+            return
+        for sink in handoff.sinks:
+            self._coming[sink] -= 1
+        for claimed in leased:
+            attempts = self._attempts.get(claimed.sink)
+            if attempts is None or self._stop.is_set():
+                await self._release(claimed)
+                continue
+            self._claimed[claimed.sink].add(claimed.id)
+            attempts.start_soon(self._attempt, self.lanes[claimed.sink], claimed, event)
 
     def stop(self) -> None:
         """Claim nothing more; in-flight attempts get `shutdown_grace` seconds, then their leases are released."""
@@ -259,6 +303,7 @@ class Worker:
 
     async def _run_lane(self, lane: Lane) -> None:
         async with anyio.create_task_group() as attempts:
+            self._attempts[lane.name] = attempts
             while not self._stop.is_set():
                 # A claim takes everything due up to the free slots, so the lane then waits: for new deliveries
                 # (ingest or the store wakes it, even during the claim), a slot freed while more were due, or a poll.
@@ -266,6 +311,7 @@ class Worker:
                 await self._claim(lane, attempts)
                 with anyio.move_on_after(self._until_next_look(lane.name)):
                     await wakeup.wait()
+            del self._attempts[lane.name]
             attempts.cancel_scope.deadline = anyio.current_time() + self.shutdown_grace
 
     def _until_next_look(self, sink: str) -> float:
@@ -292,9 +338,12 @@ class Worker:
 
     async def _claim(self, lane: Lane, attempts: TaskGroup, *, ahead: bool = True) -> int:
         """Claim what is due, up to the sink's free slots plus (when `ahead`) as many again to wait for them."""
-        self._next_due[lane.name] = None  # learnt again below when nothing is due; the attempts wake the lane
-        free = (2 if ahead else 1) * lane.concurrency - len(self._claimed[lane.name])
-        if free <= 0 or await self._is_paused(lane.name):
+        self._next_due[lane.name] = None  # learnt again below once what is due now is taken
+        free = (2 if ahead else 1) * lane.concurrency - len(self._claimed[lane.name]) - self._coming[lane.name]
+        if free <= 0:
+            self._more_due[lane.name] = True  # perhaps: look again once a slot frees
+            return 0
+        if await self._is_paused(lane.name):
             return 0
         now = self.clock.now()
         circuit = self._circuits.get(lane.name)
@@ -304,15 +353,18 @@ class Worker:
                 return 0
             free = min(free, allowance)
         lease_until = now + self.lease  # renewed while held (_renew_leases)
+        self._coming[lane.name] += free
         try:
             claimed = await self.store.claim(lane.name, limit=free, now=now, owner=self.owner, lease_until=lease_until)
         except StorageError as error:
             logger.error("cannot claim deliveries for sink %s: %s", lane.name, error)
             return 0
+        finally:
+            self._coming[lane.name] -= free
         if lane.rate_limit is not None and claimed:
             claimed = await self._with_tokens(lane, claimed, now)
         self._more_due[lane.name] = len(claimed) == free
-        if not claimed:
+        if len(claimed) < free:
             await self._look_ahead(lane.name, now)
         if circuit is not None and allowance is not None:
             if claimed:
@@ -334,10 +386,12 @@ class Worker:
             logger.error("cannot read when sink %s next has a delivery due (polling): %s", sink, error)
             self._next_due[sink] = None
 
-    async def _attempt(self, lane: Lane, claimed: ClaimedDelivery) -> None:
+    async def _attempt(self, lane: Lane, claimed: ClaimedDelivery, handed: AppointmentEvent | None = None) -> None:
         """Deliver in one of the sink's slots, then record the attempt; the lane claims more as soon as the sink has
-        answered, while the record waits for its commit (the delivery stays leased until then)."""
+        answered, while the record waits for its commit (the delivery stays leased until then). `handed`: the event
+        of a delivery handed off by its ingest, not read again."""
         number = claimed.attempts + 1
+        look_again = True
         try:
             async with self._slots[lane.name]:
                 if self._held_back(lane, claimed):
@@ -345,7 +399,7 @@ class Worker:
                     return
                 started_at = self.clock.now()
                 began = time.perf_counter()
-                event = await self._readable_event(claimed)
+                event = handed if handed is not None else await self._readable_event(claimed)
                 if isinstance(event, AppointmentEvent):
                     quiet = lane.quiet_hours
                     if quiet is not None and await self._kept_quiet(lane, quiet, claimed, event):
@@ -355,6 +409,7 @@ class Worker:
                     result = event  # it could not be read: that is the attempt's outcome
                 duration_ms = (time.perf_counter() - began) * 1000
             self._answered(lane, claimed.id)
+            probe = self._probes.get(lane.name) == claimed.id
             await self._observe_circuit(lane, claimed, result)
             await self._slow_down(lane, result)
             if result.dead_reason == AUTHENTICATION_FAILED and result.outcome == "permanent":
@@ -371,9 +426,12 @@ class Worker:
             fallback = (
                 lane.fallback if result.outcome == "permanent" and result.dead_reason in RECIPIENT_REASONS else None
             )
-            await self.store.record_attempt(
+            recorded = await self.store.record_attempt(
                 claimed.id, self.owner, attempt, transition, now=self.clock.now(), fallback=fallback
             )
+            # the lane looks again for what waited behind this delivery (same appointment), for its retry, or
+            # after a probe of the sink's circuit; otherwise the store has nothing new for it
+            look_again = recorded.followed or transition.status == "pending" or probe
             if fallback is not None:
                 self.wake([fallback])
             if transition.status == "dead":
@@ -390,7 +448,8 @@ class Worker:
             raise
         finally:
             self._answered(lane, claimed.id)
-            self.wake([lane.name])  # what waited behind this delivery (same appointment) may be claimable now
+            if look_again:
+                self.wake([lane.name])
 
     def _answered(self, lane: Lane, delivery_id: str) -> None:
         """The sink answered: room to claim one more, worth a claim only if the last one left some due behind."""

@@ -6,18 +6,20 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.cleaning import may_hold_surrogates, without_surrogates
 from gateway.clock import Clock, to_datetime
+from gateway.events import AppointmentEvent
 from gateway.exceptions import WebhookRejected
 from gateway.metrics import Metrics
 from gateway.reminders import follow_up
 from gateway.routing import Routed, Router
 from gateway.sources.base import Source
-from gateway.store.base import EventRecord, Store
+from gateway.store.base import ClaimedDelivery, EventRecord, Handoff, Ingested, Store
+from gateway.store.follow_up import ringing
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,18 @@ logger = logging.getLogger(__name__)
 class Acknowledgement:
     status_code: int
     body: dict[str, Any]
+
+
+class Deliverer(Protocol):
+    """The worker of this process, as the webhook path sees it (gateway.delivery.Worker)."""
+
+    def offer(self, sinks: Iterable[str]) -> Handoff | None: ...
+
+    async def take(
+        self, handoff: Handoff | None, leased: Sequence[ClaimedDelivery], event: AppointmentEvent | None
+    ) -> None: ...
+
+    def wake(self, sinks: Iterable[str] | None = None) -> None: ...
 
 
 class Ingest:
@@ -37,7 +51,7 @@ class Ingest:
         *,
         clock: Clock,
         metrics: Metrics,
-        on_stored: Callable[[Iterable[str]], None] = lambda sinks: None,
+        deliverer: Deliverer | None = None,
         withdrawing: Collection[str] = (),
     ) -> None:
         self.withdrawing = frozenset(withdrawing)
@@ -47,7 +61,8 @@ class Ingest:
         self.store = store
         self.clock = clock
         self.metrics = metrics
-        self.on_stored = on_stored
+        self.deliverer = deliverer
+        """Offered each new event's deliveries, to send from memory; woken for those it did not take."""
 
     async def receive(self, source_name: str, headers: Mapping[str, str], body: bytes) -> Acknowledgement:
         """Acknowledge a webhook to a configured source only once it is committed; raise WebhookRejected (4xx) or
@@ -84,7 +99,17 @@ class Ingest:
         plan = None
         if event is not None and not stale:
             plan = follow_up(event, routed, self.router, self.withdrawing, now=received_at)
-        stored = await self.store.ingest(record, targets, skipped="stale" if stale else None, follow_up=plan)
+        handoff = None
+        if self.deliverer is not None and event is not None and not stale:
+            handoff = self.deliverer.offer(target.sink for target in targets)
+        stored: Ingested | None = None
+        try:
+            stored = await self.store.ingest(
+                record, targets, skipped="stale" if stale else None, follow_up=plan, handoff=handoff
+            )
+        finally:
+            if self.deliverer is not None:
+                await self.deliverer.take(handoff, stored.leased if stored is not None else (), event)
         for withheld in stored.withheld:
             self.metrics.withheld.labels(withheld.sink, withheld.status, withheld.reason).inc()
         outcome = (
@@ -116,7 +141,8 @@ class Ingest:
             return Acknowledgement(202, {"status": "unmapped", "event_id": stored.event_id})
         if stale:
             return Acknowledgement(202, {"status": "stale", "event_id": stored.event_id})
-        self.on_stored(sinks)
+        if self.deliverer is not None:
+            self.deliverer.wake(ringing(targets, plan, stored.leased))
         return Acknowledgement(202, {"status": "accepted", "event_id": stored.event_id, "sinks": sinks})
 
 

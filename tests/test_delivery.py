@@ -9,15 +9,19 @@ import anyio
 import httpx
 import pytest
 
+from gateway import delivery
 from gateway.app import create_app
 from gateway.clock import SystemClock
 from gateway.config import Config
 from gateway.events import AppointmentEvent
 from gateway.exceptions import StorageError
+from gateway.routing import Target
 from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
+from gateway.store.base import ClaimedDelivery, Recorded
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.receiver import Answer, Receiver, receiver
+from tests import helpers
 from tests.conftest import Running, moncreneau_request, running_gateway
 from tests.helpers import dead_owner, metric, until
 
@@ -403,7 +407,7 @@ class ForgetfulStore(SQLiteStore):
 
     failures = 0
 
-    async def record_attempt(self, *args: Any, **kwargs: Any) -> bool:
+    async def record_attempt(self, *args: Any, **kwargs: Any) -> Recorded:
         if self.failures:
             self.failures -= 1
             raise StorageError("disk I/O error")
@@ -596,3 +600,120 @@ async def test_the_lane_sleeps_until_the_next_due_delivery_and_polls_when_the_st
         assert await gateway.worker.run_due() == 0
         assert gateway.worker._until_next_look("crm") == 3600.0  # the safety net: the next poll
         assert "cannot read when sink crm next has a delivery due (polling)" in caplog.text
+
+
+class CountingClaims(SQLiteStore):
+    """Counts the worker's claims."""
+
+    claims = 0
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
+        self.claims += 1
+        return await super().claim(*args, **kwargs)
+
+
+@pytest.fixture
+def pauses_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paused sinks the worker read at its first claim stay trusted through the test: offers never wait for
+    another claim to read them."""
+    monkeypatch.setattr(delivery, "PAUSES_READ_EVERY", 600.0)
+
+
+def polling_rarely(sinks: str) -> str:
+    return sinks.replace("poll_interval: 0.05", "poll_interval: 30s")
+
+
+@pytest.mark.usefixtures("pauses_known")
+async def test_new_deliveries_are_handed_to_the_worker_by_their_ingest_and_sent_without_a_claim(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    config = write_config(polling_rarely(http_sinks(crm=(crm.url, "concurrency: 2"))))
+    store = CountingClaims.from_url(config.settings.storage.url)
+    async with running_gateway(config, run_worker=True, store=store) as gateway:
+        await until(lambda: store.claims > 0, "the lane's first look", 10)
+        before = store.claims
+        for n in range(4):  # twice the concurrency: the lane's claimed-ahead limit
+            await accepted(gateway, event(event_id=f"evt_{n}", appointment=n))
+        with anyio.fail_after(10):
+            await crm.wait_for(4)
+        assert store.claims == before
+        recorded = {"sink": "crm", "outcome": "succeeded"}
+        await until(lambda: metric(gateway, "gateway_delivery_attempts_total", **recorded) == 4, "the records", 10)
+        for request in crm.requests:
+            delivered = await gateway.store.deliveries(json.loads(request.body)["id"])
+            assert [(d.status, d.attempts, d.lease_owner) for d in delivered] == [("succeeded", 1, None)]
+
+
+@pytest.mark.usefixtures("pauses_known")
+async def test_a_delivery_waiting_behind_a_handed_off_one_is_sent_as_soon_as_that_one_is_answered(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    """The worker polls every 30 s: only the store saying, as the first attempt is recorded, that another delivery
+    of the appointment waits can send the second at once."""
+    release = anyio.Event()
+    crm.script(Answer(hold=release))
+    config = write_config(polling_rarely(http_sinks(crm=(crm.url, "concurrency: 4"))))
+    async with running_gateway(config, run_worker=True) as gateway:
+        first = await accepted(gateway, event("appointment.created", event_id="created"))
+        with anyio.fail_after(10):
+            await crm.wait_for(1)
+        second = await accepted(gateway, event("appointment.cancelled", event_id="cancelled"))
+        assert (await only_delivery(gateway, first)).lease_owner == gateway.worker.owner
+        assert (await only_delivery(gateway, second)).lease_owner is None  # not handed off: it waits
+        release.set()
+        with anyio.fail_after(10):
+            await crm.wait_for(2)
+    assert [json.loads(r.body)["provider_event_id"] for r in crm.requests] == ["created", "cancelled"]
+
+
+@pytest.mark.usefixtures("pauses_known")
+async def test_the_worker_takes_no_handoff_beyond_its_claimed_ahead_limit_nor_for_a_held_back_sink(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    async with (
+        receiver() as failing,
+        running_gateway(
+            write_config(
+                http_sinks(
+                    crm=(crm.url, "concurrency: 1"),
+                    paused=(crm.url, "concurrency: 1"),
+                    broken=(failing.url, "circuit: {failures: 1, probe_every: 1h}"),
+                    limited=(crm.url, "rate_limit: {per_second: 10, burst: 10}"),
+                )
+            ),
+            run_worker=True,
+        ) as gateway,
+    ):
+        failing.default = Answer(503)
+        worker = gateway.worker
+        assert worker.offer(["crm"]) is None  # no lane has looked yet: the paused sinks are not known
+        await gateway.store.set_paused("paused", paused=True, reason="maintenance", now=0.0)
+        worker.wake()  # read the pauses again
+        await until(lambda: worker.offer(["nowhere"]) is None and "paused" in worker._paused, "pauses read", 10)
+        await accepted(gateway, event(event_id="opens-the-circuit", appointment=1))
+        await until(lambda: worker.circuit_states().get("broken") == "open", "the circuit opened", 10)
+        offers = [worker.offer(["crm", "paused", "broken", "limited", "nowhere"]) for _ in range(3)]
+        assert [offer.sinks if offer else None for offer in offers] == [{"crm"}, {"crm"}, None]
+        for offer in offers:
+            await worker.take(offer, (), None)
+        offer = worker.offer(["crm"])
+        assert offer is not None and offer.sinks == {"crm"}  # answered offers free their place
+        await worker.take(offer, (), None)
+
+
+async def test_a_handoff_taken_after_the_worker_stopped_gives_its_leases_back(
+    write_config: Callable[[str], Config], crm: Receiver, pauses_known: None
+) -> None:
+    config = write_config(http_sinks(crm=(crm.url, "concurrency: 1")))
+    async with running_gateway(config, run_worker=True) as gateway:
+        worker = gateway.worker
+        await until(lambda: worker.offer([]) is None and worker._paused_read_at > 0, "the lane's first look", 10)
+        offer = worker.offer(["crm"])
+        assert offer is not None
+        record = helpers.record("evt_stopped", appointment_id="1")
+        stored = await gateway.store.ingest(record, [Target("crm")], handoff=offer)
+        assert [d.lease_owner for d in await gateway.store.deliveries(record.id)] == [worker.owner]
+        worker.stop()
+        await worker.take(offer, stored.leased, None)
+        assert [d.lease_owner for d in await gateway.store.deliveries(record.id)] == [None]
+    assert crm.requests == []

@@ -50,10 +50,32 @@ class Withheld:
 
 
 @dataclass(frozen=True)
+class Handoff:
+    """An ingest's offer to the worker of its own process: lease it the new deliveries to these sinks in the ingest's
+    own transaction, so that it sends them from memory, with no claim and no second read."""
+
+    owner: str
+    lease_until: float
+    sinks: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Ingested:
     event_id: str
     duplicate: bool
     withheld: tuple[Withheld, ...] = ()
+    leased: tuple[ClaimedDelivery, ...] = ()
+    """The deliveries leased to the handoff's owner."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording an attempt came to."""
+
+    moved: bool
+    """The delivery moved on: the recording worker still held its lease."""
+    followed: bool = False
+    """Another delivery of the same appointment to the same sink waits (it may be claimable now)."""
 
 
 @dataclass(frozen=True)
@@ -237,11 +259,14 @@ class Store(Protocol):
         *,
         skipped: str | None = None,
         follow_up: FollowUp | None = None,
+        handoff: Handoff | None = None,
     ) -> Ingested:
         """Commit the event and one pending delivery per target in one transaction (`skipped` deliveries with that
         reason instead, when given), with what the event does to its appointment's waiting messages
         (`follow_up`), unless the provider's event id was stored before, or purged since (then nothing is written
-        and `duplicate` is set). Raises StorageError."""
+        and `duplicate` is set). With `handoff`, lease to its owner, in the same transaction, the new deliveries to
+        its sinks that a claim would take now (pending, due, no earlier one of the appointment waiting), and return
+        them as claimed. Raises StorageError."""
         ...
 
     async def claim(
@@ -260,10 +285,10 @@ class Store(Protocol):
         *,
         now: float,
         fallback: str | None = None,
-    ) -> bool:
-        """Record the attempt, and move the delivery on if `owner` still holds its lease (False otherwise); with
-        `fallback`, queue the same message to that sink, due now, in the same transaction (unless the event already
-        has one there)."""
+    ) -> Recorded:
+        """Record the attempt, and move the delivery on if `owner` still holds its lease (not `moved` otherwise),
+        saying whether a later delivery of its appointment waits behind it; with `fallback`, queue the same message
+        to that sink, due now, in the same transaction (unless the event already has one there)."""
         ...
 
     async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:

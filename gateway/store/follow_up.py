@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.routing import Target
-from gateway.store.base import EventRecord, FollowUp, Withheld
+from gateway.store.base import ClaimedDelivery, EventRecord, FollowUp, Withheld
 
 LATER = "EXISTS (SELECT 1 FROM events AS l WHERE l.source = ? AND l.appointment_id = ? AND l.occurred_at > ?)"
 EARLIER = """
@@ -135,9 +135,11 @@ def _steps(event: EventRecord, follow_up: FollowUp, now: float) -> list[Step]:
     return found
 
 
-def ringing(targets: Sequence[Target], follow_up: FollowUp | None) -> list[str]:
-    """The sinks whose workers should look again after the ingest commits: its targets', and its reminders'."""
-    sinks = dict.fromkeys(target.sink for target in targets)
+def ringing(targets: Sequence[Target], follow_up: FollowUp | None, leased: Sequence[ClaimedDelivery] = ()) -> list[str]:
+    """The sinks whose workers should look again after the ingest commits: its targets' (but those whose delivery
+    was handed off, leased to a worker already), and its reminders'."""
+    handed = {delivery.sink for delivery in leased}
+    sinks = dict.fromkeys(target.sink for target in targets if target.sink not in handed)
     if follow_up is not None:
         sinks.update(dict.fromkeys(reminder.sink for reminder in follow_up.reminders))
     return list(sinks)

@@ -34,8 +34,10 @@ from gateway.store.base import (
     EventRecord,
     EventSummary,
     FollowUp,
+    Handoff,
     Ingested,
     RecentFailure,
+    Recorded,
     SinkStats,
     TrafficCount,
     Transition,
@@ -53,7 +55,14 @@ from gateway.store.queries import (
     event_conditions,
     summary,
 )
-from gateway.store.statements import attempt_row, delivery_rows, for_psycopg, sink_stats_row, traffic_row
+from gateway.store.statements import (
+    attempt_row,
+    delivery_rows,
+    for_psycopg,
+    handed_off,
+    sink_stats_row,
+    traffic_row,
+)
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -64,6 +73,7 @@ INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
 INSERT_FALLBACK = for_psycopg(statements.INSERT_FALLBACK)
 SETTLE = for_psycopg(statements.SETTLE)
 NEXT_DUE = for_psycopg(statements.NEXT_DUE)
+FOLLOWED = for_psycopg(statements.FOLLOWED)
 FIND_PURGED = for_psycopg(statements.FIND_PURGED)
 FORGET_PURGED = for_psycopg(statements.FORGET_PURGED)
 PURGE_STATE = for_psycopg(statements.PURGE_STATE)
@@ -106,19 +116,15 @@ RETURNING id
 """
 NOTIFY = "SELECT pg_notify(%s, %s)"
 APPOINTMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7395013620946))"
-"""One ingest at a time decides an appointment's follow-ups: under READ COMMITTED two transactions would each miss
-the other's uncommitted events and reminders. Taken after the event's own rows, held to the commit; each statement
-after it sees what the other committed."""
-# The same rule as SQLite's: a delivery waits behind an earlier pending one of the same appointment and sink.
-CLAIM = """
+"""One ingest at a time decides an appointment's follow-ups and hands its deliveries off: under READ COMMITTED two
+transactions would each miss the other's uncommitted events, reminders and deliveries. Taken after the event's own
+rows, held to the commit; each statement after it sees what the other committed."""
+CLAIM = f"""
 WITH claimable AS (
     SELECT d.id FROM deliveries AS d
     WHERE d.sink = %(sink)s AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
       AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= %(now)s)
-      AND (d.ordering_key IS NULL OR d.reminder IS NOT NULL OR NOT EXISTS (
-            SELECT 1 FROM deliveries AS e
-            WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.reminder IS NULL
-              AND (e.occurred_at, e.created_at, e.id) < (d.occurred_at, d.created_at, d.id)))
+      AND (d.ordering_key IS NULL OR d.reminder IS NOT NULL OR NOT {statements.WAITS_BEHIND})
     ORDER BY d.next_attempt_at, d.occurred_at
     LIMIT %(limit)s
     FOR UPDATE OF d SKIP LOCKED
@@ -282,10 +288,16 @@ class PostgresStore:
         *,
         skipped: str | None = None,
         follow_up: FollowUp | None = None,
+        handoff: Handoff | None = None,
     ) -> Ingested:
         values = [
             json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
         ]
+        # deliveries ordered by a customer rather than an appointment are left to claims: the lock is per appointment
+        by_customer = event.ordering_key is not None and event.appointment_id is None
+        if handoff is None or not handoff.sinks or skipped is not None or by_customer:
+            handoff = None
+        locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
 
         async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
             if purged := await (await conn.execute(FIND_PURGED, (event.source, event.provider_event_id))).fetchone():
@@ -298,20 +310,27 @@ class PostgresStore:
                 async with conn.cursor() as cursor:
                     await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
             found: list[Withheld] = []
-            if follow_up is not None:
+            leased: tuple[ClaimedDelivery, ...] = ()
+            if locked or handoff is not None:
                 async with conn.pipeline():  # one round trip for them all, not one per statement
-                    if event.appointment_id is not None:
+                    if locked:
                         await conn.execute(APPOINTMENT_LOCK, (f"{event.source}\n{event.appointment_id}",))
-                    cursors = [
-                        await conn.execute(for_psycopg(step.sql), step.parameters)
-                        for step in follow_up_steps(event, follow_up, now=event.received_at)
-                    ]
+                    steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
+                    cursors = [await conn.execute(for_psycopg(step.sql), step.parameters) for step in steps]
+                    if handoff is not None:
+                        sinks = ", ".join("?" for _ in handoff.sinks)
+                        handing = await conn.execute(
+                            for_psycopg(statements.HAND_OFF.format(by_event="", sinks=sinks)),
+                            (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at),
+                        )
                 for cursor in cursors:
                     if cursor.description is not None:
                         found += withheld(await cursor.fetchall())
-            if skipped is None and (rung := ringing(targets, follow_up)):
+                if handoff is not None:
+                    leased = handed_off(event, await handing.fetchall())
+            if skipped is None and (rung := ringing(targets, follow_up, leased)):
                 await conn.execute(NOTIFY, (CHANNEL, ",".join(rung)))
-            return Ingested(event_id=event.id, duplicate=False, withheld=tuple(found))
+            return Ingested(event.id, False, tuple(found), leased)
 
         return await self._run(ingest)
 
@@ -335,8 +354,8 @@ class PostgresStore:
         *,
         now: float,
         fallback: str | None = None,
-    ) -> bool:
-        async def record(conn: psycopg.AsyncConnection[Any]) -> bool:
+    ) -> Recorded:
+        async def record(conn: psycopg.AsyncConnection[Any]) -> Recorded:
             await conn.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
             cursor = await conn.execute(
                 FINISH_ATTEMPT,
@@ -355,7 +374,8 @@ class PostgresStore:
             if moved and fallback is not None:
                 await conn.execute(INSERT_FALLBACK, (str(uuid.uuid4()), fallback, now, now, now, now, delivery_id))
                 await conn.execute(NOTIFY, (CHANNEL, fallback))
-            return moved
+            followed = await (await conn.execute(FOLLOWED, (delivery_id,))).fetchone()
+            return Recorded(moved, bool(followed and followed[0]))
 
         return await self._run(record)
 

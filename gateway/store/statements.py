@@ -9,7 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 from gateway.routing import Target
-from gateway.store.base import AttemptRecord, EventRecord, TrafficCount
+from gateway.store.base import AttemptRecord, ClaimedDelivery, EventRecord, TrafficCount
 
 
 def for_psycopg(statement: str) -> str:
@@ -20,6 +20,28 @@ def for_psycopg(statement: str) -> str:
 EVENT_COLUMNS = tuple(field.name for field in fields(EventRecord))
 
 FIND_EVENT_ID = "SELECT id FROM events WHERE source = ? AND provider_event_id = ?"
+
+WAITS_BEHIND = """EXISTS (
+    SELECT 1 FROM deliveries AS e
+    WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.reminder IS NULL
+      AND (e.occurred_at, e.created_at, e.id) < (d.occurred_at, d.created_at, d.id))"""
+"""Delivery `d` waits behind an earlier pending one of the same appointment and sink (ordered by the provider's
+time, then arrival, then id), whether that one is leased or waiting for its next retry. Reminders keep their own
+time: they neither wait nor hold anything back."""
+HAND_OFF = f"""
+UPDATE deliveries AS d {{by_event}} SET lease_owner = ?, lease_expires_at = ?
+WHERE d.event_id = ? AND d.sink IN ({{sinks}}) AND d.status = 'pending' AND d.reminder IS NULL
+  AND d.next_attempt_at <= ? AND (d.ordering_key IS NULL OR NOT {WAITS_BEHIND})
+RETURNING id, sink, locale
+"""
+"""An ingest's new deliveries leased to the worker of its process, where a claim would take them."""
+FOLLOWED = """
+SELECT EXISTS (
+    SELECT 1 FROM deliveries AS d CROSS JOIN deliveries AS e
+    WHERE d.id = ? AND e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending'
+      AND e.reminder IS NULL AND e.id <> d.id)
+"""
+"""Whether another delivery of the appointment waits for the same sink (deliveries_order finds it)."""
 
 INSERT_DELIVERY = """
 INSERT INTO deliveries (id, event_id, sink, locale, ordering_key, occurred_at, created_at, status, dead_reason,
@@ -35,6 +57,16 @@ SELECT ?, event_id, ?, locale, ordering_key, occurred_at, ?, 'pending', ?, ?, re
 FROM deliveries WHERE id = ?
 ON CONFLICT DO NOTHING
 """
+
+
+def handed_off(event: EventRecord, rows: Sequence[tuple[str, str, str | None]]) -> tuple[ClaimedDelivery, ...]:
+    """HAND_OFF's rows as the claim of new deliveries due on receipt, before any attempt."""
+    return tuple(
+        ClaimedDelivery(
+            delivery_id, event.id, sink, 0, event.received_at, 0, locale, event.canonical or "", None, event.received_at
+        )
+        for delivery_id, sink, locale in rows
+    )
 
 
 def delivery_rows(event: EventRecord, targets: Sequence[Target], skipped: str | None) -> list[tuple[Any, ...]]:

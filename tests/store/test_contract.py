@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from gateway.store.base import (
     AttemptRecord,
     EventRecord,
     FollowUp,
+    Handoff,
     Ingested,
+    Recorded,
     ScheduledReminder,
     Store,
     TrafficCount,
@@ -112,7 +115,7 @@ async def test_only_the_lease_holder_moves_a_delivery_on(store: Store) -> None:
     (claimed,) = await claim(store, "w1")
     await claim(store, "w2", now=1030.0)  # w1 was too slow; w2 took over
     attempt = AttemptRecord(1, 1000.0, 5.0, "succeeded", 200)
-    assert await store.record_attempt(claimed, "w1", attempt, Transition("succeeded"), now=1031.0) is False
+    assert (await store.record_attempt(claimed, "w1", attempt, Transition("succeeded"), now=1031.0)).moved is False
     (delivery,) = await store.deliveries(event.id)
     assert (delivery.status, delivery.attempts, delivery.lease_owner) == ("pending", 0, "w2")
     assert await store.attempts(claimed) == [attempt]  # the attempt still happened, and is recorded
@@ -123,7 +126,10 @@ async def test_a_retry_is_not_due_before_its_time(store: Store) -> None:
     await store.ingest(event, targets("crm"))
     (claimed,) = await claim(store)
     attempt = AttemptRecord(1, 1000.0, 5.0, "retryable", 503, "busy")
-    assert await store.record_attempt(claimed, "w1", attempt, Transition("pending", next_attempt_at=1060.0), now=1000.0)
+    recorded = await store.record_attempt(
+        claimed, "w1", attempt, Transition("pending", next_attempt_at=1060.0), now=1000.0
+    )
+    assert recorded.moved
     assert await claim(store, now=1059.0) == []
     assert await claim(store, now=1060.0) == [claimed]
     (delivery,) = await store.deliveries(event.id)
@@ -157,6 +163,51 @@ async def test_events_without_an_ordering_key_never_wait(store: Store) -> None:
     for n in range(3):
         await store.ingest(record(f"evt_{n}", key=None), targets("crm"))
     assert len(await claim(store)) == 3
+
+
+def handoff(*sinks: str, owner: str = "w1") -> Handoff:
+    return Handoff(owner, 1030.0, frozenset(sinks))
+
+
+async def test_an_ingest_hands_off_the_deliveries_it_is_asked_for_as_a_claim_would_give_them(store: Store) -> None:
+    event, other = record("a", appointment_id="1"), record("b", key="mc:appointment:2", appointment_id="2")
+    stored = await store.ingest(event, targets("crm", "sms"), handoff=handoff("crm"))
+    await store.ingest(other, targets("crm"))
+    (handed,) = stored.leased
+    (claimed,) = await store.claim("crm", limit=10, now=1000.0, owner="w1", lease_until=1030.0)
+    assert claimed.event_id == other.id  # the handed-off delivery is leased already: no claim takes it
+    assert replace(handed, id=claimed.id, event_id=other.id) == claimed
+    assert (handed.sink, handed.event_id) == ("crm", event.id)
+    assert [(d.sink, d.lease_owner) for d in await store.deliveries(event.id)] == [("crm", "w1"), ("sms", None)]
+    assert (await store.claim("sms", limit=10, now=1000.0, owner="w2", lease_until=1030.0))[0].event_id == event.id
+    assert await claim(store, "w2", now=1029.0) == []  # leased until the handoff said
+    assert sorted(await claim(store, "w2", now=1030.0)) == sorted([handed.id, claimed.id])
+
+
+async def test_a_delivery_waiting_behind_an_earlier_one_is_not_handed_off(store: Store) -> None:
+    earlier, later = record("a", occurred=100.0, appointment_id="1"), record("b", occurred=200.0, appointment_id="1")
+    await store.ingest(earlier, targets("crm"))
+    assert (await store.ingest(later, targets("crm"), handoff=handoff("crm"))).leased == ()
+    assert [d.lease_owner for d in await store.deliveries(later.id)] == [None]
+    assert await claim(store) == [(await store.deliveries(earlier.id))[0].id]
+
+
+async def test_duplicates_and_skipped_deliveries_are_never_handed_off(store: Store) -> None:
+    await store.ingest(record("a", appointment_id="1"), targets("crm"))
+    assert (await store.ingest(record("a", appointment_id="1"), targets("crm"), handoff=handoff("crm"))).leased == ()
+    stale = record("b", key="mc:appointment:2", appointment_id="2")
+    assert (await store.ingest(stale, targets("crm"), skipped="stale", handoff=handoff("crm"))).leased == ()
+
+
+async def test_recording_an_attempt_says_whether_the_appointment_has_another_delivery_waiting(store: Store) -> None:
+    first, second = record("a", occurred=100.0), record("b", occurred=200.0)
+    for event in (first, second):
+        await store.ingest(event, targets("crm"))
+    done = AttemptRecord(1, 1000.0, 1.0, "succeeded")
+    (leading,) = await claim(store)
+    assert await store.record_attempt(leading, "w1", done, Transition("succeeded"), now=1000.0) == Recorded(True, True)
+    (following,) = await claim(store)
+    assert await store.record_attempt(following, "w1", done, Transition("succeeded"), now=1000.0) == Recorded(True)
 
 
 async def test_claims_respect_the_limit(store: Store) -> None:
@@ -203,7 +254,7 @@ async def finish(store: Store, event: EventRecord, sink: str, outcome: str, *, n
         Transition("succeeded") if outcome == "succeeded" else Transition("dead", dead_reason="permanent error")
     )
     attempt = AttemptRecord(1, now, 3.0, "succeeded" if outcome == "succeeded" else "permanent", 500, "boom")
-    assert await store.record_attempt(delivery.id, "w", attempt, transition, now=now)
+    assert (await store.record_attempt(delivery.id, "w", attempt, transition, now=now)).moved
     return delivery.id
 
 
@@ -564,7 +615,7 @@ async def test_a_fallback_is_queued_with_the_failure_once(store: Store) -> None:
     (delivery_id,) = await claim(store)
     attempt = AttemptRecord(1, 1000.0, 5.0, "permanent", 400, "bad recipient")
     skipped = Transition("skipped", dead_reason="bad recipient; sent through email")
-    assert await store.record_attempt(delivery_id, "w1", attempt, skipped, now=1001.0, fallback="email")
+    assert (await store.record_attempt(delivery_id, "w1", attempt, skipped, now=1001.0, fallback="email")).moved
     await store.ingest(record("evt_2", key=None), targets("crm"))
     assert [(d.sink, d.status) for d in await store.deliveries(event.id)] == [("crm", "skipped"), ("email", "pending")]
     (fallback,) = await store.claim("email", limit=10, now=1001.0, owner="w1", lease_until=1030.0)

@@ -29,8 +29,10 @@ from gateway.store.base import (
     EventRecord,
     EventSummary,
     FollowUp,
+    Handoff,
     Ingested,
     RecentFailure,
+    Recorded,
     SinkStats,
     TrafficCount,
     Transition,
@@ -57,9 +59,11 @@ from gateway.store.statements import (
     EVENT_COLUMNS,
     FIND_EVENT_ID,
     FIND_PURGED,
+    FOLLOWED,
     FORGET_PURGED,
     FORGET_TRAFFIC,
     GET_STATE,
+    HAND_OFF,
     INSERT_ATTEMPT,
     INSERT_DELIVERY,
     INSERT_FALLBACK,
@@ -82,8 +86,10 @@ from gateway.store.statements import (
     SET_STATE,
     SETTLE,
     SINK_STATS,
+    WAITS_BEHIND,
     attempt_row,
     delivery_rows,
+    handed_off,
     sink_stats_row,
     traffic_row,
 )
@@ -102,17 +108,11 @@ INSERT_EVENT = f"""
 INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("?" for _ in EVENT_COLUMNS)})
 ON CONFLICT (source, provider_event_id) DO NOTHING
 """
-# A delivery waits behind an earlier pending one of the same appointment and sink (ordered by the provider's
-# time, then arrival, then id), whether that one is leased or waiting for its next retry. Reminders keep their own
-# time: they neither wait nor hold anything back.
-SELECT_CLAIMABLE = """
+SELECT_CLAIMABLE = f"""
 SELECT d.id FROM deliveries AS d
 WHERE d.sink = :sink AND d.status = 'pending' AND d.next_attempt_at <= :now
   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= :now)
-  AND (d.ordering_key IS NULL OR d.reminder IS NOT NULL OR NOT EXISTS (
-        SELECT 1 FROM deliveries AS e
-        WHERE e.sink = d.sink AND e.ordering_key = d.ordering_key AND e.status = 'pending' AND e.reminder IS NULL
-          AND (e.occurred_at, e.created_at, e.id) < (d.occurred_at, d.created_at, d.id)))
+  AND (d.ordering_key IS NULL OR d.reminder IS NOT NULL OR NOT {WAITS_BEHIND})
 ORDER BY d.next_attempt_at, d.occurred_at
 LIMIT :limit
 """
@@ -226,6 +226,7 @@ class SQLiteStore:
         *,
         skipped: str | None = None,
         follow_up: FollowUp | None = None,
+        handoff: Handoff | None = None,
     ) -> Ingested:
         def ingest(db: sqlite3.Connection) -> Ingested:
             with transaction(db):
@@ -241,10 +242,15 @@ class SQLiteStore:
                 if follow_up is not None:
                     for step in follow_up_steps(event, follow_up, now=event.received_at, by_event=BY_EVENT):
                         found += withheld(db.execute(step.sql, step.parameters).fetchall())
-                return Ingested(event_id=event.id, duplicate=False, withheld=tuple(found))
+                leased: list[tuple[str, str, str | None]] = []
+                if handoff is not None and handoff.sinks and skipped is None:
+                    statement = HAND_OFF.format(by_event=BY_EVENT, sinks=", ".join("?" for _ in handoff.sinks))
+                    parameters = (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at)
+                    leased = db.execute(statement, parameters).fetchall()
+                return Ingested(event.id, False, tuple(found), handed_off(event, leased))
 
         ingested = await self.engine.write(ingest)
-        if not ingested.duplicate and skipped is None and (rung := ringing(targets, follow_up)):
+        if not ingested.duplicate and skipped is None and (rung := ringing(targets, follow_up, ingested.leased)):
             self._doorbell.ring(rung)
         return ingested
 
@@ -268,8 +274,8 @@ class SQLiteStore:
         *,
         now: float,
         fallback: str | None = None,
-    ) -> bool:
-        def record(db: sqlite3.Connection) -> bool:
+    ) -> Recorded:
+        def record(db: sqlite3.Connection) -> Recorded:
             with transaction(db):
                 db.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
                 moved = db.execute(
@@ -287,12 +293,12 @@ class SQLiteStore:
                 ).rowcount
                 if moved and fallback is not None:
                     db.execute(INSERT_FALLBACK, (str(uuid.uuid4()), fallback, now, now, now, now, delivery_id))
-                return bool(moved)
+                return Recorded(bool(moved), bool(db.execute(FOLLOWED, (delivery_id,)).fetchone()[0]))
 
-        moved = await self.engine.write(record)
-        if moved and fallback is not None:
+        recorded = await self.engine.write(record)
+        if recorded.moved and fallback is not None:
             self._doorbell.ring([fallback])
-        return moved
+        return recorded
 
     async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:
         def settle(db: sqlite3.Connection) -> bool:
