@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -48,6 +49,24 @@ def test_lone_surrogates_become_replacement_characters_everywhere_paired_ones_st
     body = b'{"name": "A \\ud800 B", "\\udfff": ["\\ud83d\\ude00"]}'
     assert may_hold_surrogates(body) and not may_hold_surrogates(b'{"name": "\\u00e9"}')
     assert without_surrogates(json.loads(body)) == {"name": "A \ufffd B", "\ufffd": ["\U0001f600"]}
+
+
+ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+
+
+@given(
+    st.text(st.sampled_from([*ATEXT, ".", '"', " ", "@", "\\", "(", "é", "\u0130", "\u200b"]), max_size=70),
+    st.lists(st.sampled_from([*"abcXYZ019-.", "xn--", "é", "_", " ", "@", "[1.2.3.4]"]), max_size=40).map("".join)
+    | st.sampled_from(["example.gn", "Example.GN", "localhost", "test", "a.invalid", "123.45", "xn--dj-kia8a.fr"]),
+)
+def test_an_email_is_what_email_validator_makes_of_it(local: str, domain: str) -> None:
+    """The shortcut for plain local parts (the domain validated alone, and remembered) changes no verdict."""
+    text = f"{local}@{domain}"
+    try:
+        expected: str | None = validate_email(text, check_deliverability=False, allow_smtputf8=True).normalized
+    except EmailNotValidError:
+        expected = None
+    assert email_address(text) == expected
 
 
 def test_an_email_read_again_is_remembered_valid_or_not() -> None:
