@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from gateway.clock import Clock, to_datetime
 from gateway.events import Alert, AppointmentEvent, EventType
 from gateway.exceptions import StorageError
+from gateway.ids import new_id
 from gateway.metrics import Metrics
 from gateway.routing import ALERTS, Router
 from gateway.store.base import EventRecord, Store
@@ -60,7 +61,7 @@ class Alerts:
             return False
         self._last[(type, sink)] = now
         event = AppointmentEvent(
-            id=str(uuid.uuid4()),
+            id=new_id(),
             type=type,
             source=SOURCE,
             provider=SOURCE,

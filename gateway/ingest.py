@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,6 +13,7 @@ from gateway.cleaning import may_hold_surrogates, without_surrogates
 from gateway.clock import Clock, to_datetime
 from gateway.events import AppointmentEvent
 from gateway.exceptions import WebhookRejected
+from gateway.ids import new_id
 from gateway.metrics import Metrics
 from gateway.reminders import follow_up
 from gateway.routing import Routed, Router
@@ -71,7 +71,7 @@ class Ingest:
         source = self.sources[source_name]
         source.verify(headers, body)
         received_at = self.clock.now()
-        event_id = str(uuid.uuid4())
+        event_id = new_id()
         webhook = source.parse(_json(body), headers, event_id=event_id, received_at=to_datetime(received_at))
         event = webhook.event
         routed = self.router.route(event) if event is not None else Routed([], [])

@@ -9,11 +9,11 @@ decision is made inside the transaction, also between processes.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.ids import new_id
 from gateway.routing import Target
 from gateway.store.base import ClaimedDelivery, EventRecord, FollowUp, Withheld
 
@@ -110,7 +110,7 @@ def _steps(event: EventRecord, follow_up: FollowUp, now: float) -> list[Step]:
             Step(
                 ADD_REMINDER,
                 (
-                    str(uuid.uuid4()),
+                    new_id(),
                     event.id,
                     reminder.sink,
                     reminder.locale,

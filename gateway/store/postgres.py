@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StorageError
+from gateway.ids import new_id
 from gateway.routing import Target
 from gateway.store import buckets, statements
 from gateway.store.base import (
@@ -372,7 +372,7 @@ class PostgresStore:
             )
             moved = cursor.rowcount > 0
             if moved and fallback is not None:
-                await conn.execute(INSERT_FALLBACK, (str(uuid.uuid4()), fallback, now, now, now, now, delivery_id))
+                await conn.execute(INSERT_FALLBACK, (new_id(), fallback, now, now, now, now, delivery_id))
                 await conn.execute(NOTIFY, (CHANNEL, fallback))
             followed = await (await conn.execute(FOLLOWED, (delivery_id,))).fetchone()
             return Recorded(moved, bool(followed and followed[0]))

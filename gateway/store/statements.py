@@ -3,11 +3,11 @@ takes each through `for_psycopg`. Dialect-specific statements stay in each store
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+from gateway.ids import new_id
 from gateway.routing import Target
 from gateway.store.base import AttemptRecord, ClaimedDelivery, EventRecord, TrafficCount
 
@@ -74,7 +74,7 @@ def delivery_rows(event: EventRecord, targets: Sequence[Target], skipped: str | 
     status = "pending" if skipped is None else "skipped"
     return [
         (
-            str(uuid.uuid4()),
+            new_id(),
             event.id,
             target.sink,
             target.locale,

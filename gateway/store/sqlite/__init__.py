@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from importlib import resources
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Self
 
 from gateway.exceptions import StorageError
+from gateway.ids import new_id
 from gateway.routing import Target
 from gateway.store import buckets
 from gateway.store.base import (
@@ -292,7 +292,7 @@ class SQLiteStore:
                     ),
                 ).rowcount
                 if moved and fallback is not None:
-                    db.execute(INSERT_FALLBACK, (str(uuid.uuid4()), fallback, now, now, now, now, delivery_id))
+                    db.execute(INSERT_FALLBACK, (new_id(), fallback, now, now, now, now, delivery_id))
                 return Recorded(bool(moved), bool(db.execute(FOLLOWED, (delivery_id,)).fetchone()[0]))
 
         recorded = await self.engine.write(record)
