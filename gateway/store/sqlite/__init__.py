@@ -94,7 +94,7 @@ from gateway.store.statements import (
     traffic_row,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version `PRAGMA user_version` records once schema.sql is applied."""
 SCHEMA = resources.files(__name__).joinpath("schema.sql").read_text(encoding="utf-8")
 UPGRADES = {
@@ -174,7 +174,7 @@ PURGE = (
 )
 BY_EVENT = "INDEXED BY deliveries_one"
 """Without statistics SQLite rates an event's deliveries (deliveries_one) no better than every pending delivery of a
-sink (deliveries_due): the follow-up statements name the index."""
+sink (deliveries_due): the follow-up and handoff statements name the index."""
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
 
 

@@ -11,7 +11,7 @@ import gateway.store.sqlite as sqlite_store
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.store.queries import EventQuery
-from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from gateway.store.sqlite import SCHEMA_VERSION, SELECT_CLAIMABLE, SQLiteStore
 from tests.helpers import record
 
 pytestmark = pytest.mark.anyio
@@ -67,8 +67,40 @@ async def test_a_version_1_database_is_brought_to_reminders_keeping_every_delive
         assert (delivery.id, delivery.sink, delivery.reminder, delivery.due_at) == (rows[0][0], "crm", None, 1000.0)
         assert [a.outcome for a in await store.attempts(delivery.id)] == ["retryable"]
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
             assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        await store.close()
+
+
+async def test_a_version_2_file_gets_the_indexes_of_pending_deliveries_only(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.ingest(record(), [Target("crm")])
+    await store.close()
+    with sqlite3.connect(path) as db:  # version 2's indexes: every delivery, pending or not
+        db.executescript(
+            "DROP INDEX deliveries_due; DROP INDEX deliveries_order;"
+            "CREATE INDEX deliveries_due ON deliveries (sink, status, next_attempt_at, occurred_at);"
+            "CREATE INDEX deliveries_order ON deliveries (sink, ordering_key, status, occurred_at);"
+            "PRAGMA user_version = 2;"
+        )
+    await store.open()
+    try:
+        assert len(await store.claim("crm", limit=10, now=1000.0, owner="w", lease_until=1030.0)) == 1
+        with sqlite3.connect(path) as db:
+            definitions = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'deliveries'"))
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        for name in ("deliveries_due", "deliveries_order"):
+            assert definitions[name].endswith("WHERE status = 'pending'")
+        plan = " ".join(
+            row[3]
+            for row in sqlite3.connect(path).execute(
+                "EXPLAIN QUERY PLAN " + SELECT_CLAIMABLE, {"sink": "crm", "now": 1.0, "limit": 1}
+            )
+        )
+        assert "USING INDEX deliveries_due" in plan and "USING INDEX deliveries_order" in plan
     finally:
         await store.close()
 
