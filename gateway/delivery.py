@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -146,6 +147,8 @@ class Worker:
         self._slots = {name: anyio.Semaphore(lane.concurrency) for name, lane in self.lanes.items()}
         self._attempts: dict[str, TaskGroup] = {}
         """Per running lane, the task group its attempts run in (handed-off deliveries start there too)."""
+        self._waiting: dict[str, deque[anyio.Event]] = {name: deque() for name in self.lanes}
+        """Per sink, the ingests waiting for room (`room`), first come first served: each place freed wakes one."""
         self._coming = dict.fromkeys(self.lanes, 0)
         """Per sink, deliveries on their way: offered to ingests still committing, or asked of a claim in flight.
         They count against the limit of `_claimed` as if they were there."""
@@ -181,23 +184,43 @@ class Worker:
         """What this worker takes straight from an ingest about to commit deliveries to `sinks`: those of its running
         lanes with room to claim ahead, nothing held back (a pause, an open circuit, a rate limit, pauses not read
         lately). Every offer is answered by `take`, whatever the ingest came to."""
-        if not self.running or self._stop.is_set() or time.monotonic() - self._paused_read_at >= PAUSES_READ_EVERY:
-            return None
-        sinks = frozenset(sink for sink in sinks if self._takes(sink))
+        sinks = frozenset(sink for sink in sinks if self._takes(sink) and self._has_room(sink))
         if not sinks:
             return None
         for sink in sinks:
             self._coming[sink] += 1
         return Handoff(self.owner, self.clock.now() + self.lease, sinks)
 
+    async def room(self, sinks: Iterable[str], *, within: float) -> None:
+        """Wait, `within` seconds at most, until the lanes that would take new deliveries to `sinks` have room:
+        a webhook path flat out then waits on delivery instead of piling up a backlog in the store (backpressure)."""
+        with anyio.move_on_after(within):
+            for sink in sinks:
+                while self._takes(sink) and not self._has_room(sink):
+                    waiter = anyio.Event()
+                    self._waiting[sink].append(waiter)
+                    try:
+                        await waiter.wait()
+                    finally:
+                        if not waiter.is_set():
+                            self._waiting[sink].remove(waiter)
+
     def _takes(self, sink: str) -> bool:
+        """Whether this worker takes new deliveries to `sink` from their ingest (room aside)."""
+        if not self.running or self._stop.is_set() or time.monotonic() - self._paused_read_at >= PAUSES_READ_EVERY:
+            return False
         lane = self.lanes.get(sink)
         if lane is None or sink not in self._attempts or lane.rate_limit is not None or sink in self._paused:
             return False
         circuit = self._circuits.get(sink)
-        if circuit is not None and circuit.state is not State.CLOSED:
-            return False
-        return len(self._claimed[sink]) + self._coming[sink] < 2 * lane.concurrency
+        return circuit is None or circuit.state is State.CLOSED
+
+    def _has_room(self, sink: str) -> bool:
+        return len(self._claimed[sink]) + self._coming[sink] < 2 * self.lanes[sink].concurrency
+
+    def _room_freed(self, sink: str) -> None:
+        if self._waiting[sink]:
+            self._waiting[sink].popleft().set()
 
     async def take(
         self, handoff: Handoff | None, leased: Sequence[ClaimedDelivery], event: AppointmentEvent | None
@@ -208,6 +231,8 @@ class Worker:
             return
         for sink in handoff.sinks:
             self._coming[sink] -= 1
+            if not any(claimed.sink == sink for claimed in leased):
+                self._room_freed(sink)  # offered, not taken (a duplicate, a failed commit...)
         for claimed in leased:
             attempts = self._attempts.get(claimed.sink)
             if attempts is None or self._stop.is_set():
@@ -455,6 +480,7 @@ class Worker:
         """The sink answered: room to claim one more, worth a claim only if the last one left some due behind."""
         if delivery_id in self._claimed[lane.name]:
             self._claimed[lane.name].remove(delivery_id)
+            self._room_freed(lane.name)
             if self._more_due[lane.name]:
                 self.wake([lane.name])
 

@@ -22,6 +22,9 @@ from gateway.store.base import ClaimedDelivery, EventRecord, Handoff, Ingested, 
 from gateway.store.follow_up import ringing
 
 logger = logging.getLogger(__name__)
+WAIT_FOR_DELIVERY = 0.1
+"""Seconds at most a webhook waits for its process's worker to have room for its deliveries: under a load beyond
+what one process delivers, acknowledgements slow down by up to this, and the backlog stays flat."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Deliverer(Protocol):
     """The worker of this process, as the webhook path sees it (gateway.delivery.Worker)."""
 
     def offer(self, sinks: Iterable[str]) -> Handoff | None: ...
+
+    async def room(self, sinks: Iterable[str], *, within: float) -> None: ...
 
     async def take(
         self, handoff: Handoff | None, leased: Sequence[ClaimedDelivery], event: AppointmentEvent | None
@@ -101,7 +106,9 @@ class Ingest:
             plan = follow_up(event, routed, self.router, self.withdrawing, now=received_at)
         handoff = None
         if self.deliverer is not None and event is not None and not stale:
-            handoff = self.deliverer.offer(target.sink for target in targets)
+            target_sinks = [target.sink for target in targets]
+            await self.deliverer.room(target_sinks, within=WAIT_FOR_DELIVERY)
+            handoff = self.deliverer.offer(target_sinks)
         stored: Ingested | None = None
         try:
             stored = await self.store.ingest(
