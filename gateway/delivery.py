@@ -48,6 +48,8 @@ PAUSES_READ_EVERY = 1.0
 """Seconds a worker trusts what it last read of the paused sinks: every process obeys a pause within this."""
 STATE_EVENTS = 100
 """A reminder's appointment state is folded from at most this many of its latest events."""
+ANSWERS_LATELY = 0.05
+"""Seconds since a sink's last answer within which an ingest waits for room in its lane (backpressure)."""
 AUTHENTICATION_FAILED = "authentication failed"
 """A sink's refused credentials: the sink is paused until an operator resumes it, not every message dead-lettered."""
 
@@ -149,6 +151,8 @@ class Worker:
         """Per running lane, the task group its attempts run in (handed-off deliveries start there too)."""
         self._waiting: dict[str, deque[anyio.Event]] = {name: deque() for name in self.lanes}
         """Per sink, the ingests waiting for room (`room`), first come first served: each place freed wakes one."""
+        self._answered_at = dict.fromkeys(self.lanes, -ANSWERS_LATELY)
+        """Per sink, when it last answered a delivery (time.monotonic())."""
         self._coming = dict.fromkeys(self.lanes, 0)
         """Per sink, deliveries on their way: offered to ingests still committing, or asked of a claim in flight.
         They count against the limit of `_claimed` as if they were there."""
@@ -193,10 +197,12 @@ class Worker:
 
     async def room(self, sinks: Iterable[str], *, within: float) -> None:
         """Wait, `within` seconds at most, until the lanes that would take new deliveries to `sinks` have room:
-        a webhook path flat out then waits on delivery instead of piling up a backlog in the store (backpressure)."""
+        a webhook path flat out then waits on delivery instead of piling up a backlog in the store (backpressure).
+        A lane whose sink has not answered for ANSWERS_LATELY is not waited for: it is full because its sink is
+        slow, not for want of CPU, and waiting would only slow the webhooks down."""
         with anyio.move_on_after(within):
             for sink in sinks:
-                while self._takes(sink) and not self._has_room(sink):
+                while self._takes(sink) and not self._has_room(sink) and self._answers_lately(sink):
                     waiter = anyio.Event()
                     self._waiting[sink].append(waiter)
                     try:
@@ -217,6 +223,9 @@ class Worker:
 
     def _has_room(self, sink: str) -> bool:
         return len(self._claimed[sink]) + self._coming[sink] < 2 * self.lanes[sink].concurrency
+
+    def _answers_lately(self, sink: str) -> bool:
+        return time.monotonic() - self._answered_at[sink] < ANSWERS_LATELY
 
     def _room_freed(self, sink: str) -> None:
         if self._waiting[sink]:
@@ -480,6 +489,7 @@ class Worker:
         """The sink answered: room to claim one more, worth a claim only if the last one left some due behind."""
         if delivery_id in self._claimed[lane.name]:
             self._claimed[lane.name].remove(delivery_id)
+            self._answered_at[lane.name] = time.monotonic()
             self._room_freed(lane.name)
             if self._more_due[lane.name]:
                 self.wake([lane.name])

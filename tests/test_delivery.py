@@ -721,22 +721,28 @@ async def test_a_handoff_taken_after_the_worker_stopped_gives_its_leases_back(
 
 @pytest.mark.usefixtures("pauses_known")
 async def test_an_ingest_waits_for_room_in_a_full_lane_until_the_sink_answers_or_its_time_is_up(
-    write_config: Callable[[str], Config], crm: Receiver
+    write_config: Callable[[str], Config], crm: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Backpressure: the webhook path of a process delivering less than it takes in waits for delivery, a bounded
-    time (Ingest's WAIT_FOR_DELIVERY), rather than piling up a backlog."""
+    time (Ingest's WAIT_FOR_DELIVERY), rather than piling up a backlog; not for a sink that has stopped answering
+    (slow, not short of CPU)."""
     release = anyio.Event()
-    crm.default = Answer(hold=release)
+    crm.script(Answer(), Answer(hold=release), Answer(hold=release))
     config = write_config(polling_rarely(http_sinks(crm=(crm.url, "concurrency: 1"))))
     async with running_gateway(config, run_worker=True) as gateway:
         worker = gateway.worker
         await until(lambda: worker.offer([]) is None and worker._paused_read_at > 0, "the lane's first look", 10)
-        for n in range(2):  # one sent (and held), one claimed ahead: the lane is full
-            await accepted(gateway, event(event_id=f"evt_{n}", appointment=n))
+        await accepted(gateway, event(event_id="evt_0", appointment=0))
         with anyio.fail_after(10):
             await crm.wait_for(1)
-            await worker.room(["crm"], within=0.01)  # full: it waits its time out
+            for n in (1, 2):  # one sent (and held), one claimed ahead: the lane is full
+                await accepted(gateway, event(event_id=f"evt_{n}", appointment=n))
+            await crm.wait_for(2)
             assert worker.offer(["crm"]) is None
+            monkeypatch.setattr(delivery, "ANSWERS_LATELY", 0.0)  # its last answer is not recent: a slow sink
+            await worker.room(["crm"], within=3600)  # no wait
+            monkeypatch.setattr(delivery, "ANSWERS_LATELY", 3600.0)  # it answered lately: waiting is worth it
+            await worker.room(["crm"], within=0.01)  # full: it waits its time out
             waited = anyio.Event()
 
             async def wait_for_room() -> None:
@@ -747,9 +753,9 @@ async def test_an_ingest_waits_for_room_in_a_full_lane_until_the_sink_answers_or
                 tasks.start_soon(wait_for_room)
                 await anyio.wait_all_tasks_blocked()
                 assert not waited.is_set()
-                release.set()  # the sink answers the first: room for one more
+                release.set()  # the sink answers: room for one more
                 await waited.wait()
             offer = worker.offer(["crm"])
             assert offer is not None
             await worker.take(offer, (), None)
-            await crm.wait_for(2)
+            await crm.wait_for(3)
