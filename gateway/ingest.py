@@ -149,7 +149,7 @@ class Ingest:
         if stale:
             return Acknowledgement(202, {"status": "stale", "event_id": stored.event_id})
         if self.deliverer is not None:
-            self.deliverer.wake(ringing(targets, plan, stored.leased))
+            self.deliverer.wake(ringing(targets, plan, {delivery.sink for delivery in stored.leased}))
         return Acknowledgement(202, {"status": "accepted", "event_id": stored.event_id, "sinks": sinks})
 
 

@@ -9,13 +9,13 @@ decision is made inside the transaction, also between processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.ids import new_id
 from gateway.routing import Target
-from gateway.store.base import ClaimedDelivery, EventRecord, FollowUp, Withheld
+from gateway.store.base import EventRecord, FollowUp, Withheld
 
 LATER = "EXISTS (SELECT 1 FROM events AS l WHERE l.source = ? AND l.appointment_id = ? AND l.occurred_at > ?)"
 EARLIER = """
@@ -135,10 +135,9 @@ def _steps(event: EventRecord, follow_up: FollowUp, now: float) -> list[Step]:
     return found
 
 
-def ringing(targets: Sequence[Target], follow_up: FollowUp | None, leased: Sequence[ClaimedDelivery] = ()) -> list[str]:
-    """The sinks whose workers should look again after the ingest commits: its targets' (but those whose delivery
-    was handed off, leased to a worker already), and its reminders'."""
-    handed = {delivery.sink for delivery in leased}
+def ringing(targets: Sequence[Target], follow_up: FollowUp | None, handed: Collection[str] = ()) -> list[str]:
+    """The sinks whose workers should look again after the ingest commits: its targets' (but the `handed` sinks,
+    whose delivery is leased to a worker already, or waits behind an earlier one), and its reminders'."""
     sinks = dict.fromkeys(target.sink for target in targets if target.sink not in handed)
     if follow_up is not None:
         sinks.update(dict.fromkeys(reminder.sink for reminder in follow_up.reminders))

@@ -41,7 +41,6 @@ from gateway.store.base import (
     SinkStats,
     TrafficCount,
     Transition,
-    Withheld,
     sink_stats,
 )
 from gateway.store.buckets import Taken
@@ -300,39 +299,41 @@ class PostgresStore:
         locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
 
         async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
-            if purged := await (await conn.execute(FIND_PURGED, (event.source, event.provider_event_id))).fetchone():
-                return Ingested(event_id=purged[0], duplicate=True)
-            if await (await conn.execute(INSERT_EVENT, values)).fetchone() is None:
+            async with conn.pipeline():  # one round trip: the tombstone's test and the insert
+                tombstone = await conn.execute(FIND_PURGED, (event.source, event.provider_event_id))
+                inserting = await conn.execute(INSERT_EVENT, values)
+            if purged := await tombstone.fetchone():
+                raise Purged(purged[0])  # the transaction rolls the insert back
+            if await inserting.fetchone() is None:
                 existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
                 assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
                 return Ingested(event_id=existing[0], duplicate=True)
-            if targets:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
-            found: list[Withheld] = []
-            leased: tuple[ClaimedDelivery, ...] = ()
-            if locked or handoff is not None:
-                async with conn.pipeline():  # one round trip for them all, not one per statement
-                    if locked:
-                        await conn.execute(APPOINTMENT_LOCK, (f"{event.source}\n{event.appointment_id}",))
-                    steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
-                    cursors = [await conn.execute(for_psycopg(step.sql), step.parameters) for step in steps]
-                    if handoff is not None:
-                        sinks = ", ".join("?" for _ in handoff.sinks)
-                        handing = await conn.execute(
-                            for_psycopg(statements.HAND_OFF.format(by_event="", sinks=sinks)),
-                            (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at),
-                        )
-                for cursor in cursors:
-                    if cursor.description is not None:
-                        found += withheld(await cursor.fetchall())
+            handing = None
+            async with conn.pipeline():  # one round trip for the rest, not one per statement
+                if targets:
+                    async with conn.cursor() as cursor:
+                        await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
+                if locked:
+                    await conn.execute(APPOINTMENT_LOCK, (f"{event.source}\n{event.appointment_id}",))
+                steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
+                cursors = [await conn.execute(for_psycopg(step.sql), step.parameters) for step in steps]
                 if handoff is not None:
-                    leased = handed_off(event, await handing.fetchall())
-            if skipped is None and (rung := ringing(targets, follow_up, leased)):
-                await conn.execute(NOTIFY, (CHANNEL, ",".join(rung)))
-            return Ingested(event.id, False, tuple(found), leased)
+                    sinks = ", ".join("?" for _ in handoff.sinks)
+                    handing = await conn.execute(
+                        for_psycopg(statements.HAND_OFF.format(by_event="", sinks=sinks)),
+                        (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at),
+                    )
+                # an offered sink that is not leased waits behind an earlier delivery: no worker could take it yet
+                if skipped is None and (rung := ringing(targets, follow_up, handoff.sinks if handoff else ())):
+                    await conn.execute(NOTIFY, (CHANNEL, ",".join(rung)))
+            found = [row for cursor in cursors if cursor.description is not None for row in await cursor.fetchall()]
+            leased = handed_off(event, await handing.fetchall()) if handing is not None else ()
+            return Ingested(event.id, False, tuple(withheld(found)), leased)
 
-        return await self._run(ingest)
+        try:
+            return await self._run(ingest)
+        except Purged as purged:
+            return Ingested(event_id=purged.event_id, duplicate=True)
 
     async def claim(
         self, sink: str, *, limit: int, now: float, owner: str, lease_until: float
@@ -356,25 +357,27 @@ class PostgresStore:
         fallback: str | None = None,
     ) -> Recorded:
         async def record(conn: psycopg.AsyncConnection[Any]) -> Recorded:
-            await conn.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
-            cursor = await conn.execute(
-                FINISH_ATTEMPT,
-                {
-                    "status": transition.status,
-                    "next": transition.next_attempt_at,
-                    "outcome": attempt.outcome,
-                    "detail": attempt.detail,
-                    "dead_reason": transition.dead_reason,
-                    "now": now,
-                    "id": delivery_id,
-                    "owner": owner,
-                },
-            )
+            async with conn.pipeline():  # one round trip for the three
+                await conn.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
+                cursor = await conn.execute(
+                    FINISH_ATTEMPT,
+                    {
+                        "status": transition.status,
+                        "next": transition.next_attempt_at,
+                        "outcome": attempt.outcome,
+                        "detail": attempt.detail,
+                        "dead_reason": transition.dead_reason,
+                        "now": now,
+                        "id": delivery_id,
+                        "owner": owner,
+                    },
+                )
+                following = await conn.execute(FOLLOWED, (delivery_id,))
             moved = cursor.rowcount > 0
             if moved and fallback is not None:
                 await conn.execute(INSERT_FALLBACK, (new_id(), fallback, now, now, now, now, delivery_id))
                 await conn.execute(NOTIFY, (CHANNEL, fallback))
-            followed = await (await conn.execute(FOLLOWED, (delivery_id,))).fetchone()
+            followed = await following.fetchone()
             return Recorded(moved, bool(followed and followed[0]))
 
         return await self._run(record)
@@ -670,6 +673,14 @@ class PostgresStore:
                 return await operation(conn)
         except (psycopg.Error, PoolTimeout) as error:
             raise StorageError(f"PostgreSQL {_safe(self.url)}: {error}") from error
+
+
+class Purged(Exception):
+    """An ingest found the provider's event id purged (a tombstone): it rolls back, and the event is a duplicate."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(event_id)
+        self.event_id = event_id
 
 
 def _safe(url: str) -> str:

@@ -250,7 +250,8 @@ class SQLiteStore:
                 return Ingested(event.id, False, tuple(found), handed_off(event, leased))
 
         ingested = await self.engine.write(ingest)
-        if not ingested.duplicate and skipped is None and (rung := ringing(targets, follow_up, ingested.leased)):
+        handed = {delivery.sink for delivery in ingested.leased}
+        if not ingested.duplicate and skipped is None and (rung := ringing(targets, follow_up, handed)):
             self._doorbell.ring(rung)
         return ingested
 
