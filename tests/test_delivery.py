@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -18,7 +19,7 @@ from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.sinks import Delivery, Receipt, Sink
 from gateway.sources.base import load_samples
-from gateway.store.base import ClaimedDelivery, Recorded
+from gateway.store.base import ClaimedDelivery, Ingested, Recorded
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.receiver import Answer, Receiver, receiver
 from tests import helpers
@@ -759,3 +760,62 @@ async def test_an_ingest_waits_for_room_in_a_full_lane_until_the_sink_answers_or
             assert offer is not None
             await worker.take(offer, (), None)
             await crm.wait_for(3)
+
+
+class FailingIngests(SQLiteStore):
+    """Fails the next `failures` ingests, as a store that went away would."""
+
+    failures = 0
+
+    async def ingest(self, *args: Any, **kwargs: Any) -> Ingested:
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("disk I/O error")
+        return await super().ingest(*args, **kwargs)
+
+
+@pytest.mark.fault
+@pytest.mark.usefixtures("pauses_known")
+async def test_an_ingest_that_fails_to_commit_gives_its_offered_place_back(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    release = anyio.Event()
+    crm.default = Answer(hold=release)
+    config = write_config(polling_rarely(http_sinks(crm=(crm.url, "concurrency: 1"))))
+    store = FailingIngests.from_url(config.settings.storage.url)
+    async with running_gateway(config, run_worker=True, store=store) as gateway:
+        worker = gateway.worker
+        await until(lambda: worker.offer([]) is None and worker._paused_read_at > 0, "the lane's first look", 10)
+        store.failures = 3  # more than the lane's room (twice its concurrency)
+        for n in range(3):
+            assert (await gateway.post_moncreneau(event(event_id=f"lost_{n}", appointment=n))).status_code == 503
+        ids = [await accepted(gateway, event(event_id=f"evt_{n}", appointment=10 + n)) for n in range(2)]
+        # one sent (held by the sink), one handed off to wait for the slot: the failed offers left no place taken
+        assert [(await only_delivery(gateway, event_id)).lease_owner for event_id in ids] == [worker.owner] * 2
+        release.set()
+        with anyio.fail_after(10):
+            await crm.wait_for(2)
+        assert await store.count_events() == 2
+
+
+@pytest.mark.fault
+async def test_a_handed_off_delivery_the_sink_refuses_is_retried_on_time_with_a_rare_poll(
+    write_config: Callable[[str], Config], crm: Receiver
+) -> None:
+    """503, then 429: each failure is retried at its scheduled time, which the lane learns from the store as it
+    records the attempt (its poll is 30 s)."""
+    crm.script(Answer(503), Answer(429))
+    config = write_config(polling_rarely(http_sinks(crm=(crm.url, "retry: {schedule: [200ms]}"))))
+    async with running_gateway(config, run_worker=True) as gateway:
+        event_id = await accepted(gateway, event())
+
+        async def recorded(attempts: int) -> bool:
+            return bool((await only_delivery(gateway, event_id)).attempts == attempts)
+
+        for sent in (1, 2):
+            await until(partial(recorded, sent), f"attempt {sent} recorded", 10)
+            gateway.clock.advance(1)  # its retry is due (the worker's clock is the test's)
+        await until(partial(recorded, 3), "attempt 3 recorded", 10)
+        delivery = await only_delivery(gateway, event_id)
+        assert (delivery.status, delivery.attempts) == ("succeeded", 3)
+    assert len(crm.requests) == 3
