@@ -78,13 +78,15 @@ def write_requests(path: Path, mode: str, count: int, first: int = 0, per_custom
                 out.write(f"/webhooks/moncreneau\tX-Moncreneau-Signature\t{signature}\t{raw}\n")
 
 
-def write_config(folder: Path, port: int, receiver_port: int) -> Path:
-    """The benchmarked gateway: both sources, one `http` sink to the counting receiver, logging at WARNING."""
+def write_config(folder: Path, port: int, receiver_port: int, storage: str | None = None) -> Path:
+    """The benchmarked gateway: both sources, one `http` sink to the counting receiver, logging at WARNING; its store
+    is `storage`, by default a new SQLite file in `folder`."""
     config = folder / "config.yaml"
+    url = storage or f"sqlite:///{folder}/gateway.db"
     config.write_text(
         f"""
 server: {{port: {port}, max_body_bytes: 65536}}
-storage: {{url: "sqlite:///{folder}/gateway.db"}}
+storage: {{url: "{url}"}}
 logging: {{level: WARNING}}
 sources:
   moncreneau: {{type: moncreneau, secrets: [{SECRET}], timezone: Africa/Conakry, default_region: GN}}
