@@ -46,6 +46,7 @@ from gateway.store.base import (
 from gateway.store.buckets import Taken
 from gateway.store.follow_up import ringing, withheld
 from gateway.store.follow_up import steps as follow_up_steps
+from gateway.store.group_commit import GroupCommit, PendingWrite
 from gateway.store.queries import (
     DeadLetterQuery,
     EventQuery,
@@ -215,6 +216,7 @@ class PostgresStore:
             },
         )
         self._opened = False
+        self._group = GroupCommit(self._commit_together)
 
     async def open(self) -> None:
         """Connect, and refuse a database whose schema is not this gateway's version."""
@@ -331,7 +333,7 @@ class PostgresStore:
             return Ingested(event.id, False, tuple(withheld(found)), leased)
 
         try:
-            return await self._run(ingest)
+            return await self._write(ingest)
         except Purged as purged:
             return Ingested(event_id=purged.event_id, duplicate=True)
 
@@ -380,7 +382,7 @@ class PostgresStore:
             followed = await following.fetchone()
             return Recorded(moved, bool(followed and followed[0]))
 
-        return await self._run(record)
+        return await self._write(record)
 
     async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:
         async def settle(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -673,6 +675,38 @@ class PostgresStore:
                 return await operation(conn)
         except (psycopg.Error, PoolTimeout) as error:
             raise StorageError(f"PostgreSQL {_safe(self.url)}: {error}") from error
+
+    async def _write(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[R]]) -> R:
+        """A write in a group commit (`_commit_together`)."""
+        if not self._opened:
+            raise StorageError(f"PostgreSQL {_safe(self.url)}: the store is not open")
+        try:
+            result: R = await self._group.write(PendingWrite(operation))
+        except (psycopg.Error, PoolTimeout) as error:
+            raise StorageError(f"PostgreSQL {_safe(self.url)}: {error}") from error
+        return result
+
+    async def _commit_together(self, batch: list[PendingWrite[psycopg.AsyncConnection[Any]]]) -> None:
+        """The batch's writes one after the other in one transaction on one connection: one commit, one sync of
+        the server's log, two round trips fewer per write. Should one of them fail (a conflict, a deadlock, a
+        purged event's rollback), that transaction is rolled back and each write runs again in its own, to fail
+        alone; a lost connection fails them all at once, rather than each waiting for one in turn."""
+        if len(batch) > 1:
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    for write in batch:
+                        write.result = await write.operation(conn)
+                return
+            except psycopg.Error as error:
+                if error.sqlstate is None or error.sqlstate.startswith(("08", "57")):
+                    raise
+            except Purged:
+                pass
+        for write in batch:
+            try:
+                write.result = await self._run(write.operation)
+            except (StorageError, Purged) as error:
+                write.error = error
 
 
 class Purged(Exception):

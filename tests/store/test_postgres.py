@@ -9,6 +9,7 @@ from functools import partial
 
 import anyio
 import httpx
+import psycopg
 import pytest
 
 from gateway.app import build_worker, create_app
@@ -17,7 +18,7 @@ from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.sources.base import load_samples
-from gateway.store.base import FollowUp, ScheduledReminder
+from gateway.store.base import AttemptRecord, FollowUp, Ingested, ScheduledReminder, Transition
 from gateway.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tests.conftest import moncreneau_request
 from tests.helpers import record, until
@@ -226,3 +227,95 @@ async def test_concurrent_events_of_one_appointment_leave_only_the_latest_ones_r
 
 def reminding(starts: float) -> FollowUp:
     return FollowUp(reminders=(ScheduledReminder("sms", None, 7200.0, starts - 7200.0),))
+
+
+async def test_concurrent_writes_share_one_transaction(migrated: str) -> None:
+    store = PostgresStore(migrated)
+    await store.open()
+    try:
+        results = []
+
+        async def ingest(n: int) -> None:
+            results.append(await store.ingest(record(f"evt_{n}", key=f"mc:appointment:{n}"), [Target("crm")]))
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(30):
+                tasks.start_soon(ingest, n)
+        assert sorted(result.duplicate for result in results) == [False] * 30
+        assert await store.count_events() == 30
+        async with await psycopg.AsyncConnection.connect(migrated) as connection:
+            # the rows one transaction inserts carry its id: the first ingest commits alone, the 29 others together
+            cursor = await connection.execute("SELECT count(DISTINCT xmin::text) FROM events")
+            assert await cursor.fetchone() == (2,)
+    finally:
+        await store.close()
+
+
+async def test_a_write_failing_in_a_shared_transaction_fails_alone(migrated: str) -> None:
+    """A purged event's replay (which rolls its transaction back) and an attempt at a delivery that does not exist
+    (a foreign key refuses it) share a commit with new events: the others are stored all the same."""
+    store = PostgresStore(migrated)
+    await store.open()
+    try:
+        purged = record("evt_purged", received=100.0)
+        await store.ingest(purged, [])
+        assert await store.purge(before=1000.0, batch=10, now=2000.0) == 1
+        outcomes: dict[int, Ingested] = {}
+        apart: dict[str, object] = {}
+
+        async def ingest(n: int) -> None:
+            outcomes[n] = await store.ingest(record(f"evt_{n}", key=f"mc:appointment:{n}"), [Target("crm")])
+
+        async def replay() -> None:
+            apart["replay"] = await store.ingest(record("evt_purged", received=3000.0), [Target("crm")])
+
+        async def stray_attempt() -> None:
+            attempt = AttemptRecord(1, 1000.0, 5.0, "succeeded", 200)
+            try:
+                await store.record_attempt("no-such-delivery", "w", attempt, Transition("succeeded"), now=1.0)
+            except StorageError as error:
+                apart["stray"] = str(error)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ingest, 0)
+            await anyio.wait_all_tasks_blocked()  # its commit has begun: the rest wait for the next, together
+            tasks.start_soon(replay)
+            tasks.start_soon(stray_attempt)
+            for n in range(1, 10):
+                tasks.start_soon(ingest, n)
+        assert apart["replay"] == Ingested(event_id=purged.id, duplicate=True)
+        assert "violates foreign key constraint" in str(apart["stray"])
+        assert sorted(outcomes) == list(range(10))
+        assert not any(result.duplicate for result in outcomes.values())
+        assert await store.count_events() == 10
+        assert await store.claim("crm", limit=20, now=4000.0, owner="w", lease_until=4100.0) != []
+    finally:
+        await store.close()
+
+
+@pytest.mark.fault
+async def test_writes_sharing_a_commit_when_the_server_stops_all_fail_at_once() -> None:
+    """Not one after another, each waiting the busy timeout for a connection of its own."""
+    with postgres_cluster() as cluster:
+        store = PostgresStore(cluster.url, busy_timeout=1.0)
+        await store.migrate()
+        await store.open()
+        await store.ingest(record("evt_before"), [Target("crm")])
+        cluster.stop()
+        failures: list[str] = []
+
+        async def ingest(n: int) -> None:
+            try:
+                await store.ingest(record(f"evt_{n}", key=f"mc:appointment:{n}"), [Target("crm")])
+            except StorageError as error:
+                failures.append(str(error))
+
+        began = time.monotonic()
+        async with anyio.create_task_group() as tasks:
+            for n in range(10):
+                tasks.start_soon(ingest, n)
+        took = time.monotonic() - began
+        await store.close()
+    print(f"\n10 ingests with the server stopped: {len(failures)} storage errors in {took:.2f}s")
+    assert len(failures) == 10
+    assert took < 5.0  # one after another, they would take 10 busy timeouts

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from gateway.exceptions import StorageError
 from gateway.private import private_file
+from gateway.store.group_commit import GroupCommit, PendingWrite
 
 CHECKPOINT_EVERY = 0.1
 """Seconds between two copies of the write-ahead log into the database file, made by a thread of their own."""
@@ -54,9 +55,7 @@ class Engine:
         self.checkpointer: Checkpointer | None = None
         self._one_write_at_a_time = anyio.CapacityLimiter(1)
         self._one_read_at_a_time = anyio.CapacityLimiter(1)
-        self._pending: list[PendingWrite] = []
-        self._committing = False
-        self._committed = anyio.Event()
+        self._group = GroupCommit(self._commit)
 
     async def open(self) -> None:
         self.writer = await self._in_thread(self._connect, self._one_write_at_a_time)
@@ -115,33 +114,17 @@ class Engine:
         return connection
 
     async def write(self, operation: Callable[[sqlite3.Connection], R]) -> R:
-        """Group commit: writes that arrive while one commit runs wait for it, then go in the next transaction
-        together, one fsync for all of them. Each caller still returns only after its own write is committed."""
+        """Group commit (gateway/store/group_commit.py): one transaction, one fsync, for every write waiting."""
+        self._open(self.writer)
+        try:
+            result: R = await self._group.write(PendingWrite(operation, deadline=time.monotonic() + self.busy_timeout))
+        except sqlite3.Error as error:
+            raise StorageError(f"SQLite {self.path}: {error}") from error
+        return result
+
+    async def _commit(self, batch: list[PendingWrite[sqlite3.Connection]]) -> None:
         connection = self._open(self.writer)
-        write = PendingWrite(operation, deadline=time.monotonic() + self.busy_timeout)
-        self._pending.append(write)
-        while not write.done:
-            if self._committing:
-                await self._committed.wait()
-                continue
-            self._committing = True
-            batch, self._pending = self._pending, []
-            try:
-                await self._in_thread(partial(commit_together, connection, batch), self._one_write_at_a_time)
-            except StorageError as error:  # the transaction itself failed: none of the batch is stored
-                for each in batch:
-                    each.error = error
-            finally:
-                for each in batch:
-                    each.done = True
-                self._committing = False
-                committed, self._committed = self._committed, anyio.Event()
-                committed.set()
-        if write.error is not None:
-            if isinstance(write.error, sqlite3.Error):
-                raise StorageError(f"SQLite {self.path}: {write.error}") from write.error
-            raise write.error
-        return write.result  # type: ignore[no-any-return]
+        await self._in_thread(partial(commit_together, connection, batch), self._one_write_at_a_time)
 
     async def run(self, operation: Callable[[sqlite3.Connection], R]) -> R:
         """A write in a transaction of its own (long ones: purges, requeues), on the writer connection."""
@@ -293,20 +276,7 @@ class transaction:
             self.db.unlock_writers()
 
 
-class PendingWrite:
-    """One write waiting for a group commit, and what came of it."""
-
-    def __init__(self, operation: Callable[[sqlite3.Connection], Any], *, deadline: float) -> None:
-        self.operation = operation
-        self.deadline = deadline
-        """When its caller stops waiting for a lock (time.monotonic()): a write queued behind a commit that waited
-        gets only what is left, so that no webhook waits twice the busy timeout."""
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = False
-
-
-def commit_together(db: sqlite3.Connection, writes: list[PendingWrite]) -> None:
+def commit_together(db: sqlite3.Connection, writes: list[PendingWrite[sqlite3.Connection]]) -> None:
     """Run every write in one transaction, each in its own savepoint so that one failing write fails alone; wait
     for another process's lock only until the first of their deadlines."""
     if isinstance(db, WriterConnection):
