@@ -110,10 +110,15 @@ MIGRATIONS = sorted(
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 INSERT_EVENT = f"""
-INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("%s" for _ in EVENT_COLUMNS)})
-ON CONFLICT (source, provider_event_id) DO NOTHING
-RETURNING id
+WITH inserted AS (
+    INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("%s" for _ in EVENT_COLUMNS)})
+    ON CONFLICT (source, provider_event_id) DO NOTHING
+    RETURNING id
+)
+SELECT ({FIND_PURGED}), (SELECT id FROM inserted)
 """
+"""The event's row, and the tombstone of a purged one with its id (then the transaction is rolled back): one
+statement. Its id comes back unless the provider's event is already stored."""
 NOTIFY = "SELECT pg_notify(%s, %s)"
 APPOINTMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7395013620946))"
 """One ingest at a time decides an appointment's follow-ups and hands its deliveries off: under READ COMMITTED two
@@ -135,14 +140,20 @@ WHERE d.id = claimable.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at),
           d.attempts_before_requeue, d.locale, e.canonical, d.reminder, d.due_at
 """
-FINISH_ATTEMPT = """
-UPDATE deliveries
-SET status = %(status)s, attempts = attempts + 1, next_attempt_at = COALESCE(%(next)s, next_attempt_at),
-    lease_owner = NULL, lease_expires_at = NULL,
-    last_error = CASE WHEN %(outcome)s = 'succeeded' THEN NULL ELSE %(detail)s END,
-    dead_reason = %(dead_reason)s, updated_at = %(now)s
-WHERE id = %(id)s AND lease_owner = %(owner)s
+RECORD_ATTEMPT = f"""
+WITH attempt AS ({INSERT_ATTEMPT}),
+finished AS (
+    UPDATE deliveries
+    SET status = %s, attempts = attempts + 1, next_attempt_at = COALESCE(%s, next_attempt_at),
+        lease_owner = NULL, lease_expires_at = NULL, last_error = %s, dead_reason = %s, updated_at = %s
+    WHERE id = %s AND lease_owner = %s
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM finished), ({FOLLOWED})
 """
+"""An attempt, its delivery's move, and whether another delivery of the appointment waits: one statement (each
+statement costs psycopg's work and the server's, whatever it does). The last test reads the table as the
+transaction found it, which the move does not change: it looks at the appointment's other deliveries."""
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
        e.appointment_id, e.customer_phone, e.customer_email,
@@ -301,12 +312,11 @@ class PostgresStore:
         locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
 
         async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
-            async with conn.pipeline():  # one round trip: the tombstone's test and the insert
-                tombstone = await conn.execute(FIND_PURGED, (event.source, event.provider_event_id))
-                inserting = await conn.execute(INSERT_EVENT, values)
-            if purged := await tombstone.fetchone():
-                raise Purged(purged[0])  # the transaction rolls the insert back
-            if await inserting.fetchone() is None:
+            inserting = await conn.execute(INSERT_EVENT, (*values, event.source, event.provider_event_id))
+            purged, inserted = await inserting.fetchone() or (None, None)
+            if purged is not None:
+                raise Purged(purged)  # the transaction rolls the insert back
+            if inserted is None:
                 existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
                 assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
                 return Ingested(event_id=existing[0], duplicate=True)
@@ -359,28 +369,16 @@ class PostgresStore:
         fallback: str | None = None,
     ) -> Recorded:
         async def record(conn: psycopg.AsyncConnection[Any]) -> Recorded:
-            async with conn.pipeline():  # one round trip for the three
-                await conn.execute(INSERT_ATTEMPT, attempt_row(delivery_id, attempt))
-                cursor = await conn.execute(
-                    FINISH_ATTEMPT,
-                    {
-                        "status": transition.status,
-                        "next": transition.next_attempt_at,
-                        "outcome": attempt.outcome,
-                        "detail": attempt.detail,
-                        "dead_reason": transition.dead_reason,
-                        "now": now,
-                        "id": delivery_id,
-                        "owner": owner,
-                    },
-                )
-                following = await conn.execute(FOLLOWED, (delivery_id,))
-            moved = cursor.rowcount > 0
+            detail = None if attempt.outcome == "succeeded" else attempt.detail
+            finish = (transition.status, transition.next_attempt_at, detail, transition.dead_reason, now)
+            cursor = await conn.execute(
+                RECORD_ATTEMPT, (*attempt_row(delivery_id, attempt), *finish, delivery_id, owner, delivery_id)
+            )
+            moved, followed = await cursor.fetchone() or (False, False)
             if moved and fallback is not None:
                 await conn.execute(INSERT_FALLBACK, (new_id(), fallback, now, now, now, now, delivery_id))
                 await conn.execute(NOTIFY, (CHANNEL, fallback))
-            followed = await following.fetchone()
-            return Recorded(moved, bool(followed and followed[0]))
+            return Recorded(moved, followed)
 
         return await self._write(record)
 
