@@ -9,9 +9,11 @@ checked at open.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import nullcontext
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -109,21 +111,42 @@ MIGRATIONS = sorted(
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-INSERT_EVENT = f"""
+DELIVERY_TYPES = (
+    *("text",) * 5,  # id, event_id, sink, locale, ordering_key
+    *("double precision",) * 2,  # occurred_at, created_at
+    *("text",) * 2,  # status, dead_reason
+    *("double precision",) * 4,  # next_attempt_at, updated_at, reminder, due_at
+)
+"""INSERT_DELIVERY's columns' types, which rows in a VALUES list must say: PostgreSQL infers them only there."""
+
+
+@functools.cache
+def insert_event(deliveries: int, *, locking: bool) -> str:
+    """The event's row, its `deliveries` and, when `locking`, the appointment's lock, in one statement: each statement
+    costs psycopg's work and the server's, whatever it does. It returns the tombstone's event id should the
+    provider's event have been purged (the transaction is then rolled back), and the event's id unless the event
+    was stored already, when it inserts no delivery and takes no lock.
+
+    The lock lets one ingest at a time decide an appointment's follow-ups and hand its deliveries off: under READ
+    COMMITTED two transactions would each miss the other's uncommitted events, reminders and deliveries. It is taken
+    after the event's own row (an ingest waiting for another's row of the same event holds no lock yet), held to the
+    commit; each statement after this one sees what the other committed."""
+    columns = INSERT_DELIVERY[INSERT_DELIVERY.index("(") : INSERT_DELIVERY.index(")") + 1]
+    row = "(" + ", ".join(f"%s::{kind}" for kind in DELIVERY_TYPES) + ")"
+    rows = ", ".join(row for _ in range(deliveries))
+    inserting = f", delivered AS (INSERT INTO deliveries {columns} SELECT v.* FROM inserted, (VALUES {rows}) AS v)"
+    lock = ", (SELECT pg_advisory_xact_lock(hashtextextended(%s, 7395013620946))::text FROM inserted)"
+    return f"""
 WITH inserted AS (
     INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("%s" for _ in EVENT_COLUMNS)})
     ON CONFLICT (source, provider_event_id) DO NOTHING
     RETURNING id
-)
-SELECT ({FIND_PURGED}), (SELECT id FROM inserted)
+){inserting if deliveries else ""}
+SELECT ({FIND_PURGED}), (SELECT id FROM inserted){lock if locking else ""}
 """
-"""The event's row, and the tombstone of a purged one with its id (then the transaction is rolled back): one
-statement. Its id comes back unless the provider's event is already stored."""
+
+
 NOTIFY = "SELECT pg_notify(%s, %s)"
-APPOINTMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7395013620946))"
-"""One ingest at a time decides an appointment's follow-ups and hands its deliveries off: under READ COMMITTED two
-transactions would each miss the other's uncommitted events, reminders and deliveries. Taken after the event's own
-rows, held to the commit; each statement after it sees what the other committed."""
 CLAIM = f"""
 WITH claimable AS (
     SELECT d.id FROM deliveries AS d
@@ -312,34 +335,37 @@ class PostgresStore:
         locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
 
         async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
-            inserting = await conn.execute(INSERT_EVENT, (*values, event.source, event.provider_event_id))
-            purged, inserted = await inserting.fetchone() or (None, None)
+            rows = delivery_rows(event, targets, skipped)
+            lock = (f"{event.source}\n{event.appointment_id}",) if locked else ()
+            inserting = await conn.execute(
+                insert_event(len(rows), locking=locked),
+                (*values, *(value for row in rows for value in row), event.source, event.provider_event_id, *lock),
+            )
+            purged, inserted, *_ = await inserting.fetchone() or (None, None)
             if purged is not None:
                 raise Purged(purged)  # the transaction rolls the insert back
             if inserted is None:
                 existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
                 assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
                 return Ingested(event_id=existing[0], duplicate=True)
-            handing = None
-            async with conn.pipeline():  # one round trip for the rest, not one per statement
-                if targets:
-                    async with conn.cursor() as cursor:
-                        await cursor.executemany(INSERT_DELIVERY, delivery_rows(event, targets, skipped))
-                if locked:
-                    await conn.execute(APPOINTMENT_LOCK, (f"{event.source}\n{event.appointment_id}",))
-                steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
-                cursors = [await conn.execute(for_psycopg(step.sql), step.parameters) for step in steps]
-                if handoff is not None:
-                    sinks = ", ".join("?" for _ in handoff.sinks)
-                    handing = await conn.execute(
-                        for_psycopg(statements.HAND_OFF.format(by_event="", sinks=sinks)),
-                        (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at),
-                    )
-                # an offered sink that is not leased waits behind an earlier delivery: no worker could take it yet
-                if skipped is None and (rung := ringing(targets, follow_up, handoff.sinks if handoff else ())):
-                    await conn.execute(NOTIFY, (CHANNEL, ",".join(rung)))
-            found = [row for cursor in cursors if cursor.description is not None for row in await cursor.fetchall()]
-            leased = handed_off(event, await handing.fetchall()) if handing is not None else ()
+            steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
+            rest = [(for_psycopg(step.sql), step.parameters) for step in steps]
+            if handoff is not None:
+                sinks = ", ".join("?" for _ in handoff.sinks)
+                parameters = (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at)
+                rest.append((for_psycopg(statements.HAND_OFF.format(by_event="", sinks=sinks)), parameters))
+            # an offered sink that is not leased waits behind an earlier delivery: no worker could take it yet
+            if skipped is None and (rung := ringing(targets, follow_up, handoff.sinks if handoff else ())):
+                rest.append((NOTIFY, (CHANNEL, ",".join(rung))))
+            async with conn.pipeline() if len(rest) > 1 else nullcontext():  # one round trip for the rest
+                cursors = [await conn.execute(statement, parameters) for statement, parameters in rest]
+            found = [
+                row
+                for cursor in cursors[: len(steps)]
+                if cursor.description is not None
+                for row in await cursor.fetchall()
+            ]
+            leased = handed_off(event, await cursors[len(steps)].fetchall()) if handoff is not None else ()
             return Ingested(event.id, False, tuple(withheld(found)), leased)
 
         try:
