@@ -146,7 +146,9 @@ class Worker:
         self._claimed: dict[str, set[str]] = {name: set() for name in self.lanes}
         """Per sink, claimed deliveries the sink has not answered yet: up to twice its `concurrency`, so that the
         next ones are claimed (a commit away) while the first are sent, and start as soon as a slot frees."""
-        self._slots = {name: anyio.Semaphore(lane.concurrency) for name, lane in self.lanes.items()}
+        self._slots = {name: asyncio.Semaphore(lane.concurrency) for name, lane in self.lanes.items()}
+        """Per sink, its attempts under way, `concurrency` at most. asyncio's semaphore: anyio's yields to the event
+        loop twice on every acquire, a slot free or not (measured: 5.9 against 0.7 us per acquire and release)."""
         self._attempts: dict[str, TaskGroup] = {}
         """Per running lane, the task group its attempts run in (handed-off deliveries start there too)."""
         self._waiting: dict[str, deque[anyio.Event]] = {name: deque() for name in self.lanes}
@@ -200,9 +202,12 @@ class Worker:
         a webhook path flat out then waits on delivery instead of piling up a backlog in the store (backpressure).
         A lane whose sink has not answered for ANSWERS_LATELY is not waited for: it is full because its sink is
         slow, not for want of CPU, and waiting would only slow the webhooks down."""
+        full = [sink for sink in sinks if self._must_wait(sink)]
+        if not full:  # the usual answer, without the cost of a cancel scope
+            return
         with anyio.move_on_after(within):
-            for sink in sinks:
-                while self._takes(sink) and not self._has_room(sink) and self._answers_lately(sink):
+            for sink in full:
+                while self._must_wait(sink):
                     waiter = anyio.Event()
                     self._waiting[sink].append(waiter)
                     try:
@@ -210,6 +215,9 @@ class Worker:
                     finally:
                         if not waiter.is_set():
                             self._waiting[sink].remove(waiter)
+
+    def _must_wait(self, sink: str) -> bool:
+        return self._takes(sink) and not self._has_room(sink) and self._answers_lately(sink)
 
     def _takes(self, sink: str) -> bool:
         """Whether this worker takes new deliveries to `sink` from their ingest (room aside)."""
