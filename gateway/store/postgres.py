@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -79,7 +80,6 @@ FOLLOWED = for_psycopg(statements.FOLLOWED)
 FIND_PURGED = for_psycopg(statements.FIND_PURGED)
 FORGET_PURGED = for_psycopg(statements.FORGET_PURGED)
 PURGE_STATE = for_psycopg(statements.PURGE_STATE)
-INSERT_ATTEMPT = for_psycopg(statements.INSERT_ATTEMPT)
 RELEASE = for_psycopg(statements.RELEASE)
 LEASE_OWNERS = statements.LEASE_OWNERS
 BUCKET_CREATE = for_psycopg(buckets.CREATE)
@@ -163,20 +163,35 @@ WHERE d.id = claimable.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at),
           d.attempts_before_requeue, d.locale, e.canonical, d.reminder, d.due_at
 """
-RECORD_ATTEMPT = f"""
-WITH attempt AS ({INSERT_ATTEMPT}),
+RECORD_ATTEMPTS = f"""
+WITH given AS (
+    SELECT * FROM unnest(
+        %s::text[], %s::integer[], %s::double precision[], %s::double precision[], %s::text[], %s::integer[],
+        %s::text[], %s::text[], %s::double precision[], %s::text[], %s::double precision[], %s::text[]
+    ) WITH ORDINALITY AS g (delivery_id, number, started_at, duration_ms, outcome, status_code, detail,
+                            status, next_attempt_at, dead_reason, now, owner, position)
+),
+attempt AS (
+    INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
+    SELECT delivery_id, number, started_at, duration_ms, outcome, status_code, detail FROM given
+),
 finished AS (
-    UPDATE deliveries
-    SET status = %s, attempts = attempts + 1, next_attempt_at = COALESCE(%s, next_attempt_at),
-        lease_owner = NULL, lease_expires_at = NULL, last_error = %s, dead_reason = %s, updated_at = %s
-    WHERE id = %s AND lease_owner = %s
-    RETURNING id
+    UPDATE deliveries AS d
+    SET status = g.status, attempts = d.attempts + 1, next_attempt_at = COALESCE(g.next_attempt_at, d.next_attempt_at),
+        lease_owner = NULL, lease_expires_at = NULL,
+        last_error = CASE WHEN g.outcome = 'succeeded' THEN NULL ELSE g.detail END,
+        dead_reason = g.dead_reason, updated_at = g.now
+    FROM given AS g
+    WHERE d.id = g.delivery_id AND d.lease_owner = g.owner
+    RETURNING d.id
 )
-SELECT EXISTS (SELECT 1 FROM finished), ({FOLLOWED})
+SELECT g.delivery_id IN (SELECT id FROM finished), ({FOLLOWED.replace("d.id = %s", "d.id = g.delivery_id")})
+FROM given AS g
+ORDER BY g.position
 """
-"""An attempt, its delivery's move, and whether another delivery of the appointment waits: one statement (each
-statement costs psycopg's work and the server's, whatever it does). The last test reads the table as the
-transaction found it, which the move does not change: it looks at the appointment's other deliveries."""
+"""Attempts, their deliveries' moves, and for each whether another delivery of its appointment waits, in one
+statement however many a group commit holds (each statement costs psycopg's work and the server's). The last
+test reads the table as the statement found it, which its moves do not change: it looks at other deliveries."""
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
        e.appointment_id, e.customer_phone, e.customer_email,
@@ -394,19 +409,7 @@ class PostgresStore:
         now: float,
         fallback: str | None = None,
     ) -> Recorded:
-        async def record(conn: psycopg.AsyncConnection[Any]) -> Recorded:
-            detail = None if attempt.outcome == "succeeded" else attempt.detail
-            finish = (transition.status, transition.next_attempt_at, detail, transition.dead_reason, now)
-            cursor = await conn.execute(
-                RECORD_ATTEMPT, (*attempt_row(delivery_id, attempt), *finish, delivery_id, owner, delivery_id)
-            )
-            moved, followed = await cursor.fetchone() or (False, False)
-            if moved and fallback is not None:
-                await conn.execute(INSERT_FALLBACK, (new_id(), fallback, now, now, now, now, delivery_id))
-                await conn.execute(NOTIFY, (CHANNEL, fallback))
-            return Recorded(moved, followed)
-
-        return await self._write(record)
+        return await self._write(Recording(delivery_id, owner, attempt, transition, now, fallback))
 
     async def settle(self, delivery_id: str, owner: str, transition: Transition, *, note: str, now: float) -> bool:
         async def settle(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -718,8 +721,14 @@ class PostgresStore:
         if len(batch) > 1:
             try:
                 async with self._pool.connection() as conn, conn.transaction():
+                    recordings = [(write, write.operation) for write in batch if isinstance(write.operation, Recording)]
+                    if recordings:
+                        recorded = await record_together(conn, [recording for _, recording in recordings])
+                        for (write, _), result in zip(recordings, recorded, strict=True):
+                            write.result = result
                     for write in batch:
-                        write.result = await write.operation(conn)
+                        if not isinstance(write.operation, Recording):
+                            write.result = await write.operation(conn)
                 return
             except psycopg.Error as error:
                 if error.sqlstate is None or error.sqlstate.startswith(("08", "57")):
@@ -731,6 +740,46 @@ class PostgresStore:
                 write.result = await self._run(write.operation)
             except (StorageError, Purged) as error:
                 write.error = error
+
+
+@dataclass(frozen=True)
+class Recording:
+    """`record_attempt`'s write: alone, or with the others of its group commit in one statement."""
+
+    delivery_id: str
+    owner: str
+    attempt: AttemptRecord
+    transition: Transition
+    now: float
+    fallback: str | None
+
+    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> Recorded:
+        return (await record_together(conn, [self]))[0]
+
+
+async def record_together(conn: psycopg.AsyncConnection[Any], recordings: Sequence[Recording]) -> list[Recorded]:
+    """What came of each recording; a moved delivery's fallback, should it have one, is inserted and announced."""
+    columns = zip(
+        *(
+            (
+                *attempt_row(each.delivery_id, each.attempt),
+                each.transition.status,
+                each.transition.next_attempt_at,
+                each.transition.dead_reason,
+                each.now,
+                each.owner,
+            )
+            for each in recordings
+        ),
+        strict=True,
+    )
+    rows = await (await conn.execute(RECORD_ATTEMPTS, [list(column) for column in columns])).fetchall()
+    for each, (moved, _) in zip(recordings, rows, strict=True):
+        if moved and each.fallback is not None:
+            now = each.now
+            await conn.execute(INSERT_FALLBACK, (new_id(), each.fallback, now, now, now, now, each.delivery_id))
+            await conn.execute(NOTIFY, (CHANNEL, each.fallback))
+    return [Recorded(moved, followed) for moved, followed in rows]
 
 
 class Purged(Exception):

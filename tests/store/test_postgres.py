@@ -18,7 +18,7 @@ from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.sources.base import load_samples
-from gateway.store.base import AttemptRecord, FollowUp, Ingested, ScheduledReminder, Transition
+from gateway.store.base import AttemptRecord, FollowUp, Ingested, Recorded, ScheduledReminder, Transition
 from gateway.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tests.conftest import moncreneau_request
 from tests.helpers import record, until
@@ -319,3 +319,52 @@ async def test_writes_sharing_a_commit_when_the_server_stops_all_fail_at_once() 
     print(f"\n10 ingests with the server stopped: {len(failures)} storage errors in {took:.2f}s")
     assert len(failures) == 10
     assert took < 5.0  # one after another, they would take 10 busy timeouts
+
+
+async def test_attempts_recorded_in_one_group_commit_each_have_their_own_outcome(migrated: str) -> None:
+    """Successes, a failure sent on to its fallback, and a worker that lost its lease, in one group commit."""
+    store = PostgresStore(migrated)
+    await store.open()
+    try:
+        events = [record(f"evt_{n}", key=f"mc:appointment:{n}") for n in range(12)]
+        for event in events:
+            await store.ingest(event, [Target("crm")])
+        claimed = await store.claim("crm", limit=20, now=2000.0, owner="w", lease_until=2030.0)
+        by_event = {delivery.event_id: delivery.id for delivery in claimed}
+        succeeded = AttemptRecord(1, 2000.0, 5.0, "succeeded", 200, "ok")
+        refused = AttemptRecord(1, 2000.0, 5.0, "permanent", 400, "bad recipient")
+        outcomes: dict[int, object] = {}
+
+        async def attempt(n: int) -> None:
+            delivery_id = by_event[events[n].id]
+            if n == 10:  # its fallback is queued with the failure
+                skipped = Transition("skipped", dead_reason="bad recipient; sent through email")
+                outcomes[n] = await store.record_attempt(
+                    delivery_id, "w", refused, skipped, now=2001.0, fallback="email"
+                )
+            elif n == 11:  # another worker: its lease is lost, its attempt is kept
+                outcomes[n] = await store.record_attempt(
+                    delivery_id, "other", succeeded, Transition("succeeded"), now=2001.0
+                )
+            else:
+                outcomes[n] = await store.record_attempt(
+                    delivery_id, "w", succeeded, Transition("succeeded"), now=2001.0
+                )
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(attempt, 0)
+            await anyio.wait_all_tasks_blocked()  # its commit has begun: the 11 others wait for the next, together
+            for n in range(1, 12):
+                tasks.start_soon(attempt, n)
+        assert outcomes == {**{n: Recorded(True, False) for n in range(11)}, 11: Recorded(False, False)}
+        statuses = {
+            event.provider_event_id: [(d.sink, d.status) for d in await store.deliveries(event.id)] for event in events
+        }
+        assert statuses["evt_0"] == [("crm", "succeeded")]
+        assert statuses["evt_10"] == [("crm", "skipped"), ("email", "pending")]
+        assert statuses["evt_11"] == [("crm", "pending")]
+        async with await psycopg.AsyncConnection.connect(migrated) as connection:
+            cursor = await connection.execute("SELECT count(*), count(DISTINCT xmin::text) FROM attempts")
+            assert await cursor.fetchone() == (12, 2)
+    finally:
+        await store.close()
