@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -163,6 +163,17 @@ WHERE d.id = claimable.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at),
           d.attempts_before_requeue, d.locale, e.canonical, d.reminder, d.due_at
 """
+HAND_OFF_TOGETHER = f"""
+UPDATE deliveries AS d SET lease_owner = h.owner, lease_expires_at = h.lease_until
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::double precision[], %s::double precision[])
+    AS h (event_id, sink, owner, lease_until, now)
+WHERE d.event_id = h.event_id AND d.sink = h.sink AND d.status = 'pending' AND d.reminder IS NULL
+  AND d.next_attempt_at <= h.now AND (d.ordering_key IS NULL OR NOT {statements.WAITS_BEHIND})
+RETURNING d.id, d.event_id, d.sink, d.locale
+"""
+"""statements.HAND_OFF for every ingest of a group commit at once: new deliveries leased to the worker of their
+process, where a claim would take them. After the events' rows and their appointments' locks, in a statement of
+its own: it sees what other transactions on those appointments committed."""
 RECORD_ATTEMPTS = f"""
 WITH given AS (
     SELECT * FROM unnest(
@@ -340,51 +351,12 @@ class PostgresStore:
         follow_up: FollowUp | None = None,
         handoff: Handoff | None = None,
     ) -> Ingested:
-        values = [
-            json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
-        ]
         # deliveries ordered by a customer rather than an appointment are left to claims: the lock is per appointment
         by_customer = event.ordering_key is not None and event.appointment_id is None
         if handoff is None or not handoff.sinks or skipped is not None or by_customer:
             handoff = None
-        locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
-
-        async def ingest(conn: psycopg.AsyncConnection[Any]) -> Ingested:
-            rows = delivery_rows(event, targets, skipped)
-            lock = (f"{event.source}\n{event.appointment_id}",) if locked else ()
-            inserting = await conn.execute(
-                insert_event(len(rows), locking=locked),
-                (*values, *(value for row in rows for value in row), event.source, event.provider_event_id, *lock),
-            )
-            purged, inserted, *_ = await inserting.fetchone() or (None, None)
-            if purged is not None:
-                raise Purged(purged)  # the transaction rolls the insert back
-            if inserted is None:
-                existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
-                assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
-                return Ingested(event_id=existing[0], duplicate=True)
-            steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
-            rest = [(for_psycopg(step.sql), step.parameters) for step in steps]
-            if handoff is not None:
-                sinks = ", ".join("?" for _ in handoff.sinks)
-                parameters = (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at)
-                rest.append((for_psycopg(statements.HAND_OFF.format(by_event="", sinks=sinks)), parameters))
-            # an offered sink that is not leased waits behind an earlier delivery: no worker could take it yet
-            if skipped is None and (rung := ringing(targets, follow_up, handoff.sinks if handoff else ())):
-                rest.append((NOTIFY, (CHANNEL, ",".join(rung))))
-            async with conn.pipeline() if len(rest) > 1 else nullcontext():  # one round trip for the rest
-                cursors = [await conn.execute(statement, parameters) for statement, parameters in rest]
-            found = [
-                row
-                for cursor in cursors[: len(steps)]
-                if cursor.description is not None
-                for row in await cursor.fetchall()
-            ]
-            leased = handed_off(event, await cursors[len(steps)].fetchall()) if handoff is not None else ()
-            return Ingested(event.id, False, tuple(withheld(found)), leased)
-
         try:
-            return await self._write(ingest)
+            return await self._write(Ingesting(event, targets, skipped, follow_up, handoff))
         except Purged as purged:
             return Ingested(event_id=purged.event_id, duplicate=True)
 
@@ -726,9 +698,18 @@ class PostgresStore:
                         recorded = await record_together(conn, [recording for _, recording in recordings])
                         for (write, _), result in zip(recordings, recorded, strict=True):
                             write.result = result
+                    handing: list[tuple[PendingWrite[Any], Ingesting]] = []
                     for write in batch:
-                        if not isinstance(write.operation, Recording):
-                            write.result = await write.operation(conn)
+                        if isinstance(operation := write.operation, Ingesting):
+                            write.result = await operation.store(conn)
+                            if operation.handoff is not None and not write.result.duplicate:
+                                handing.append((write, operation))
+                        elif not isinstance(operation, Recording):
+                            write.result = await operation(conn)
+                    if handing:
+                        leased = await hand_off_together(conn, [operation for _, operation in handing])
+                        for (write, _), deliveries in zip(handing, leased, strict=True):
+                            write.result = replace(write.result, leased=deliveries)
                 return
             except psycopg.Error as error:
                 if error.sqlstate is None or error.sqlstate.startswith(("08", "57")):
@@ -740,6 +721,76 @@ class PostgresStore:
                 write.result = await self._run(write.operation)
             except (StorageError, Purged) as error:
                 write.error = error
+
+
+@dataclass(frozen=True)
+class Ingesting:
+    """`ingest`'s write, in two steps: the event's rows (`store`), then the hand-off of its new deliveries, which a
+    group commit makes one statement for all of its ingests (`hand_off_together`)."""
+
+    event: EventRecord
+    targets: Sequence[Target]
+    skipped: str | None
+    follow_up: FollowUp | None
+    handoff: Handoff | None
+    """None, or sinks this process's worker takes new deliveries to (not for a skipped event)."""
+
+    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> Ingested:
+        stored = await self.store(conn)
+        if self.handoff is None or stored.duplicate:
+            return stored
+        return replace(stored, leased=(await hand_off_together(conn, [self]))[0])
+
+    async def store(self, conn: psycopg.AsyncConnection[Any]) -> Ingested:
+        """The event, its deliveries, its follow-ups and the wake-up of workers for the sinks not handed off; a
+        duplicate's existing id; Purged for a purged event's (the transaction must then be rolled back)."""
+        event, follow_up, handoff = self.event, self.follow_up, self.handoff
+        values = [
+            json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
+        ]
+        rows = delivery_rows(event, self.targets, self.skipped)
+        locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
+        lock = (f"{event.source}\n{event.appointment_id}",) if locked else ()
+        inserting = await conn.execute(
+            insert_event(len(rows), locking=locked),
+            (*values, *(value for row in rows for value in row), event.source, event.provider_event_id, *lock),
+        )
+        purged, inserted, *_ = await inserting.fetchone() or (None, None)
+        if purged is not None:
+            raise Purged(purged)
+        if inserted is None:
+            existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
+            assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
+            return Ingested(event_id=existing[0], duplicate=True)
+        steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
+        rest = [(for_psycopg(step.sql), step.parameters) for step in steps]
+        # an offered sink that is not leased waits behind an earlier delivery: no worker could take it yet
+        if self.skipped is None and (rung := ringing(self.targets, follow_up, handoff.sinks if handoff else ())):
+            rest.append((NOTIFY, (CHANNEL, ",".join(rung))))
+        async with conn.pipeline() if len(rest) > 1 else nullcontext():  # one round trip for the rest
+            cursors = [await conn.execute(statement, parameters) for statement, parameters in rest]
+        stepped = cursors[: len(steps)]
+        found = [row for cursor in stepped if cursor.description is not None for row in await cursor.fetchall()]
+        return Ingested(event.id, False, tuple(withheld(found)))
+
+
+async def hand_off_together(
+    conn: psycopg.AsyncConnection[Any], ingestings: Sequence[Ingesting]
+) -> list[tuple[ClaimedDelivery, ...]]:
+    """The deliveries each stored ingest leased to its worker, in one statement for all of them."""
+    given = [
+        (each.event.id, sink, each.handoff.owner, each.handoff.lease_until, each.event.received_at)
+        for each in ingestings
+        if each.handoff is not None
+        for sink in each.handoff.sinks
+    ]
+    rows = await (
+        await conn.execute(HAND_OFF_TOGETHER, [list(column) for column in zip(*given, strict=True)])
+    ).fetchall()
+    by_event: dict[str, list[tuple[str, str, str | None]]] = {}
+    for delivery_id, event_id, sink, locale in rows:
+        by_event.setdefault(event_id, []).append((delivery_id, sink, locale))
+    return [handed_off(each.event, by_event.get(each.event.id, [])) for each in ingestings]
 
 
 @dataclass(frozen=True)

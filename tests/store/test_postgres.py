@@ -18,7 +18,15 @@ from gateway.config import Config
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.sources.base import load_samples
-from gateway.store.base import AttemptRecord, FollowUp, Ingested, Recorded, ScheduledReminder, Transition
+from gateway.store.base import (
+    AttemptRecord,
+    FollowUp,
+    Handoff,
+    Ingested,
+    Recorded,
+    ScheduledReminder,
+    Transition,
+)
 from gateway.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tests.conftest import moncreneau_request
 from tests.helpers import record, until
@@ -366,5 +374,51 @@ async def test_attempts_recorded_in_one_group_commit_each_have_their_own_outcome
         async with await psycopg.AsyncConnection.connect(migrated) as connection:
             cursor = await connection.execute("SELECT count(*), count(DISTINCT xmin::text) FROM attempts")
             assert await cursor.fetchone() == (12, 2)
+    finally:
+        await store.close()
+
+
+async def test_ingests_in_one_group_commit_each_get_their_own_handoff(migrated: str) -> None:
+    """One statement leases the new deliveries of every ingest in the commit: each gets its own back, a later event
+    of an appointment whose earlier delivery is in the same commit waits behind it, and a duplicate gets none."""
+    store = PostgresStore(migrated)
+    await store.open()
+    try:
+        handoff = Handoff("w1", 1030.0, frozenset({"crm", "sms"}))
+        await store.ingest(record("evt_stored"), [Target("crm")])
+        events = {
+            "first": record("evt_a1", occurred=100.0, appointment_id="a", key="mc:appointment:a"),
+            "later": record("evt_a2", occurred=200.0, appointment_id="a", key="mc:appointment:a"),
+            "other": record("evt_b", appointment_id="b", key="mc:appointment:b"),
+            "crm only": record("evt_c", appointment_id="c", key="mc:appointment:c"),
+            "duplicate": record("evt_stored"),
+        }
+        sinks = {"crm only": [Target("crm")]}
+        outcomes: dict[str, Ingested] = {}
+
+        async def ingest(name: str) -> None:
+            targets = sinks.get(name, [Target("crm"), Target("sms")])
+            outcomes[name] = await store.ingest(events[name], targets, handoff=handoff)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ingest, "first")
+            await anyio.wait_all_tasks_blocked()  # its commit has begun: the others wait for the next, together
+            for name in ("later", "other", "crm only", "duplicate"):
+                tasks.start_soon(ingest, name)
+        leased = {name: sorted((d.event_id, d.sink) for d in outcome.leased) for name, outcome in outcomes.items()}
+        ids = {name: event.id for name, event in events.items()}
+        assert leased == {
+            "first": [(ids["first"], "crm"), (ids["first"], "sms")],
+            "later": [],  # behind the first event's, leased and pending
+            "other": [(ids["other"], "crm"), (ids["other"], "sms")],
+            "crm only": [(ids["crm only"], "crm")],
+            "duplicate": [],
+        }
+        assert outcomes["duplicate"].duplicate
+        for name in ("other", "crm only"):
+            handed = {d.id for d in outcomes[name].leased}
+            stored = {d.id for d in await store.deliveries(ids[name]) if d.lease_owner == "w1"}
+            assert handed == stored
+        assert await store.claim("crm", limit=10, now=1000.0, owner="w2", lease_until=1030.0) != []  # evt_stored's
     finally:
         await store.close()
