@@ -422,3 +422,25 @@ async def test_ingests_in_one_group_commit_each_get_their_own_handoff(migrated: 
         assert await store.claim("crm", limit=10, now=1000.0, owner="w2", lease_until=1030.0) != []  # evt_stored's
     finally:
         await store.close()
+
+
+async def test_the_same_provider_event_twice_in_one_group_commit_is_stored_once(migrated: str) -> None:
+    store = PostgresStore(migrated)
+    await store.open()
+    try:
+        outcomes: list[Ingested] = []
+
+        async def ingest(provider_id: str) -> None:
+            outcomes.append(await store.ingest(record(provider_id), [Target("crm")]))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ingest, "evt_first")
+            await anyio.wait_all_tasks_blocked()  # its commit has begun: the two others wait for the next, together
+            tasks.start_soon(ingest, "evt_twice")
+            tasks.start_soon(ingest, "evt_twice")
+        stored, again = sorted(outcomes[1:], key=lambda outcome: outcome.duplicate)
+        assert not stored.duplicate and again == Ingested(event_id=stored.event_id, duplicate=True)
+        assert await store.count_events() == 2
+        assert len(await store.deliveries(stored.event_id)) == 1
+    finally:
+        await store.close()

@@ -9,12 +9,8 @@ checked at open.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -25,7 +21,6 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StorageError
-from gateway.ids import new_id
 from gateway.routing import Target
 from gateway.store import buckets, statements
 from gateway.store.base import (
@@ -47,9 +42,16 @@ from gateway.store.base import (
     sink_stats,
 )
 from gateway.store.buckets import Taken
-from gateway.store.follow_up import ringing, withheld
-from gateway.store.follow_up import steps as follow_up_steps
 from gateway.store.group_commit import GroupCommit, PendingWrite
+from gateway.store.postgres.writes import (
+    CHANNEL,
+    EVENT_COLUMNS,
+    NOTIFY,
+    Ingesting,
+    Purged,
+    Recording,
+    run_together,
+)
 from gateway.store.queries import (
     DeadLetterQuery,
     EventQuery,
@@ -59,25 +61,15 @@ from gateway.store.queries import (
     summary,
 )
 from gateway.store.statements import (
-    attempt_row,
-    delivery_rows,
     for_psycopg,
-    handed_off,
     sink_stats_row,
     traffic_row,
 )
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
-CHANNEL = "gateway_deliveries"
-EVENT_COLUMNS = statements.EVENT_COLUMNS
-FIND_EVENT_ID = for_psycopg(statements.FIND_EVENT_ID)
-INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
-INSERT_FALLBACK = for_psycopg(statements.INSERT_FALLBACK)
 SETTLE = for_psycopg(statements.SETTLE)
 NEXT_DUE = for_psycopg(statements.NEXT_DUE)
-FOLLOWED = for_psycopg(statements.FOLLOWED)
-FIND_PURGED = for_psycopg(statements.FIND_PURGED)
 FORGET_PURGED = for_psycopg(statements.FORGET_PURGED)
 PURGE_STATE = for_psycopg(statements.PURGE_STATE)
 RELEASE = for_psycopg(statements.RELEASE)
@@ -111,42 +103,6 @@ MIGRATIONS = sorted(
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-DELIVERY_TYPES = (
-    *("text",) * 5,  # id, event_id, sink, locale, ordering_key
-    *("double precision",) * 2,  # occurred_at, created_at
-    *("text",) * 2,  # status, dead_reason
-    *("double precision",) * 4,  # next_attempt_at, updated_at, reminder, due_at
-)
-"""INSERT_DELIVERY's columns' types, which rows in a VALUES list must say: PostgreSQL infers them only there."""
-
-
-@functools.cache
-def insert_event(deliveries: int, *, locking: bool) -> str:
-    """The event's row, its `deliveries` and, when `locking`, the appointment's lock, in one statement: each statement
-    costs psycopg's work and the server's, whatever it does. It returns the tombstone's event id should the
-    provider's event have been purged (the transaction is then rolled back), and the event's id unless the event
-    was stored already, when it inserts no delivery and takes no lock.
-
-    The lock lets one ingest at a time decide an appointment's follow-ups and hand its deliveries off: under READ
-    COMMITTED two transactions would each miss the other's uncommitted events, reminders and deliveries. It is taken
-    after the event's own row (an ingest waiting for another's row of the same event holds no lock yet), held to the
-    commit; each statement after this one sees what the other committed."""
-    columns = INSERT_DELIVERY[INSERT_DELIVERY.index("(") : INSERT_DELIVERY.index(")") + 1]
-    row = "(" + ", ".join(f"%s::{kind}" for kind in DELIVERY_TYPES) + ")"
-    rows = ", ".join(row for _ in range(deliveries))
-    inserting = f", delivered AS (INSERT INTO deliveries {columns} SELECT v.* FROM inserted, (VALUES {rows}) AS v)"
-    lock = ", (SELECT pg_advisory_xact_lock(hashtextextended(%s, 7395013620946))::text FROM inserted)"
-    return f"""
-WITH inserted AS (
-    INSERT INTO events ({", ".join(EVENT_COLUMNS)}) VALUES ({", ".join("%s" for _ in EVENT_COLUMNS)})
-    ON CONFLICT (source, provider_event_id) DO NOTHING
-    RETURNING id
-){inserting if deliveries else ""}
-SELECT ({FIND_PURGED}), (SELECT id FROM inserted){lock if locking else ""}
-"""
-
-
-NOTIFY = "SELECT pg_notify(%s, %s)"
 CLAIM = f"""
 WITH claimable AS (
     SELECT d.id FROM deliveries AS d
@@ -163,46 +119,6 @@ WHERE d.id = claimable.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.sink, d.attempts, COALESCE(d.requeued_at, d.due_at, d.created_at),
           d.attempts_before_requeue, d.locale, e.canonical, d.reminder, d.due_at
 """
-HAND_OFF_TOGETHER = f"""
-UPDATE deliveries AS d SET lease_owner = h.owner, lease_expires_at = h.lease_until
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::double precision[], %s::double precision[])
-    AS h (event_id, sink, owner, lease_until, now)
-WHERE d.event_id = h.event_id AND d.sink = h.sink AND d.status = 'pending' AND d.reminder IS NULL
-  AND d.next_attempt_at <= h.now AND (d.ordering_key IS NULL OR NOT {statements.WAITS_BEHIND})
-RETURNING d.id, d.event_id, d.sink, d.locale
-"""
-"""statements.HAND_OFF for every ingest of a group commit at once: new deliveries leased to the worker of their
-process, where a claim would take them. After the events' rows and their appointments' locks, in a statement of
-its own: it sees what other transactions on those appointments committed."""
-RECORD_ATTEMPTS = f"""
-WITH given AS (
-    SELECT * FROM unnest(
-        %s::text[], %s::integer[], %s::double precision[], %s::double precision[], %s::text[], %s::integer[],
-        %s::text[], %s::text[], %s::double precision[], %s::text[], %s::double precision[], %s::text[]
-    ) WITH ORDINALITY AS g (delivery_id, number, started_at, duration_ms, outcome, status_code, detail,
-                            status, next_attempt_at, dead_reason, now, owner, position)
-),
-attempt AS (
-    INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
-    SELECT delivery_id, number, started_at, duration_ms, outcome, status_code, detail FROM given
-),
-finished AS (
-    UPDATE deliveries AS d
-    SET status = g.status, attempts = d.attempts + 1, next_attempt_at = COALESCE(g.next_attempt_at, d.next_attempt_at),
-        lease_owner = NULL, lease_expires_at = NULL,
-        last_error = CASE WHEN g.outcome = 'succeeded' THEN NULL ELSE g.detail END,
-        dead_reason = g.dead_reason, updated_at = g.now
-    FROM given AS g
-    WHERE d.id = g.delivery_id AND d.lease_owner = g.owner
-    RETURNING d.id
-)
-SELECT g.delivery_id IN (SELECT id FROM finished), ({FOLLOWED.replace("d.id = %s", "d.id = g.delivery_id")})
-FROM given AS g
-ORDER BY g.position
-"""
-"""Attempts, their deliveries' moves, and for each whether another delivery of its appointment waits, in one
-statement however many a group commit holds (each statement costs psycopg's work and the server's). The last
-test reads the table as the statement found it, which its moves do not change: it looks at other deliveries."""
 LIST_EVENTS = """
 SELECT e.id, e.source, e.provider_event_id, e.provider_event_type, e.type, e.occurred_at, e.received_at,
        e.appointment_id, e.customer_phone, e.customer_email,
@@ -693,23 +609,7 @@ class PostgresStore:
         if len(batch) > 1:
             try:
                 async with self._pool.connection() as conn, conn.transaction():
-                    recordings = [(write, write.operation) for write in batch if isinstance(write.operation, Recording)]
-                    if recordings:
-                        recorded = await record_together(conn, [recording for _, recording in recordings])
-                        for (write, _), result in zip(recordings, recorded, strict=True):
-                            write.result = result
-                    handing: list[tuple[PendingWrite[Any], Ingesting]] = []
-                    for write in batch:
-                        if isinstance(operation := write.operation, Ingesting):
-                            write.result = await operation.store(conn)
-                            if operation.handoff is not None and not write.result.duplicate:
-                                handing.append((write, operation))
-                        elif not isinstance(operation, Recording):
-                            write.result = await operation(conn)
-                    if handing:
-                        leased = await hand_off_together(conn, [operation for _, operation in handing])
-                        for (write, _), deliveries in zip(handing, leased, strict=True):
-                            write.result = replace(write.result, leased=deliveries)
+                    await run_together(conn, batch)
                 return
             except psycopg.Error as error:
                 if error.sqlstate is None or error.sqlstate.startswith(("08", "57")):
@@ -721,124 +621,6 @@ class PostgresStore:
                 write.result = await self._run(write.operation)
             except (StorageError, Purged) as error:
                 write.error = error
-
-
-@dataclass(frozen=True)
-class Ingesting:
-    """`ingest`'s write, in two steps: the event's rows (`store`), then the hand-off of its new deliveries, which a
-    group commit makes one statement for all of its ingests (`hand_off_together`)."""
-
-    event: EventRecord
-    targets: Sequence[Target]
-    skipped: str | None
-    follow_up: FollowUp | None
-    handoff: Handoff | None
-    """None, or sinks this process's worker takes new deliveries to (not for a skipped event)."""
-
-    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> Ingested:
-        stored = await self.store(conn)
-        if self.handoff is None or stored.duplicate:
-            return stored
-        return replace(stored, leased=(await hand_off_together(conn, [self]))[0])
-
-    async def store(self, conn: psycopg.AsyncConnection[Any]) -> Ingested:
-        """The event, its deliveries, its follow-ups and the wake-up of workers for the sinks not handed off; a
-        duplicate's existing id; Purged for a purged event's (the transaction must then be rolled back)."""
-        event, follow_up, handoff = self.event, self.follow_up, self.handoff
-        values = [
-            json.dumps(event.headers) if column == "headers" else getattr(event, column) for column in EVENT_COLUMNS
-        ]
-        rows = delivery_rows(event, self.targets, self.skipped)
-        locked = event.appointment_id is not None and (follow_up is not None or handoff is not None)
-        lock = (f"{event.source}\n{event.appointment_id}",) if locked else ()
-        inserting = await conn.execute(
-            insert_event(len(rows), locking=locked),
-            (*values, *(value for row in rows for value in row), event.source, event.provider_event_id, *lock),
-        )
-        purged, inserted, *_ = await inserting.fetchone() or (None, None)
-        if purged is not None:
-            raise Purged(purged)
-        if inserted is None:
-            existing = await (await conn.execute(FIND_EVENT_ID, (event.source, event.provider_event_id))).fetchone()
-            assert existing is not None  # the conflicting row is committed: ON CONFLICT waited for it
-            return Ingested(event_id=existing[0], duplicate=True)
-        steps = follow_up_steps(event, follow_up, now=event.received_at) if follow_up is not None else []
-        rest = [(for_psycopg(step.sql), step.parameters) for step in steps]
-        # an offered sink that is not leased waits behind an earlier delivery: no worker could take it yet
-        if self.skipped is None and (rung := ringing(self.targets, follow_up, handoff.sinks if handoff else ())):
-            rest.append((NOTIFY, (CHANNEL, ",".join(rung))))
-        async with conn.pipeline() if len(rest) > 1 else nullcontext():  # one round trip for the rest
-            cursors = [await conn.execute(statement, parameters) for statement, parameters in rest]
-        stepped = cursors[: len(steps)]
-        found = [row for cursor in stepped if cursor.description is not None for row in await cursor.fetchall()]
-        return Ingested(event.id, False, tuple(withheld(found)))
-
-
-async def hand_off_together(
-    conn: psycopg.AsyncConnection[Any], ingestings: Sequence[Ingesting]
-) -> list[tuple[ClaimedDelivery, ...]]:
-    """The deliveries each stored ingest leased to its worker, in one statement for all of them."""
-    given = [
-        (each.event.id, sink, each.handoff.owner, each.handoff.lease_until, each.event.received_at)
-        for each in ingestings
-        if each.handoff is not None
-        for sink in each.handoff.sinks
-    ]
-    rows = await (
-        await conn.execute(HAND_OFF_TOGETHER, [list(column) for column in zip(*given, strict=True)])
-    ).fetchall()
-    by_event: dict[str, list[tuple[str, str, str | None]]] = {}
-    for delivery_id, event_id, sink, locale in rows:
-        by_event.setdefault(event_id, []).append((delivery_id, sink, locale))
-    return [handed_off(each.event, by_event.get(each.event.id, [])) for each in ingestings]
-
-
-@dataclass(frozen=True)
-class Recording:
-    """`record_attempt`'s write: alone, or with the others of its group commit in one statement."""
-
-    delivery_id: str
-    owner: str
-    attempt: AttemptRecord
-    transition: Transition
-    now: float
-    fallback: str | None
-
-    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> Recorded:
-        return (await record_together(conn, [self]))[0]
-
-
-async def record_together(conn: psycopg.AsyncConnection[Any], recordings: Sequence[Recording]) -> list[Recorded]:
-    """What came of each recording; a moved delivery's fallback, should it have one, is inserted and announced."""
-    columns = zip(
-        *(
-            (
-                *attempt_row(each.delivery_id, each.attempt),
-                each.transition.status,
-                each.transition.next_attempt_at,
-                each.transition.dead_reason,
-                each.now,
-                each.owner,
-            )
-            for each in recordings
-        ),
-        strict=True,
-    )
-    rows = await (await conn.execute(RECORD_ATTEMPTS, [list(column) for column in columns])).fetchall()
-    for each, (moved, _) in zip(recordings, rows, strict=True):
-        if moved and each.fallback is not None:
-            now = each.now
-            await conn.execute(INSERT_FALLBACK, (new_id(), each.fallback, now, now, now, now, each.delivery_id))
-            await conn.execute(NOTIFY, (CHANNEL, each.fallback))
-    return [Recorded(moved, followed) for moved, followed in rows]
-
-
-class Purged(Exception):
-    """An ingest found the provider's event id purged (a tombstone): it rolls back, and the event is a duplicate."""
-
-    def __init__(self, event_id: str) -> None:
-        super().__init__(event_id)
-        self.event_id = event_id
 
 
 def _safe(url: str) -> str:
