@@ -60,7 +60,9 @@ DELIVERY_COLUMNS = INSERT_DELIVERY[INSERT_DELIVERY.index("(") + 1 : INSERT_DELIV
 
 
 def arrays(types: Sequence[str]) -> str:
-    return ", ".join(f"%s::{kind}[]" for kind in types)
+    """Placeholders for one array of each type, sent in binary: psycopg's text form escapes each element with a
+    regular expression, 14 times the CPU."""
+    return ", ".join(f"%b::{kind}[]" for kind in types)
 
 
 INSERT_EVENTS = f"""
@@ -81,7 +83,7 @@ delivered AS (
 ),
 locked AS (
     SELECT count(pg_advisory_xact_lock(hashtextextended(key, 7395013620946))) AS locks
-    FROM (SELECT DISTINCT l.key FROM unnest(%s::text[], %s::text[]) AS l (event_id, key)
+    FROM (SELECT DISTINCT l.key FROM unnest({arrays(("text", "text"))}) AS l (event_id, key)
           WHERE l.event_id IN (SELECT id FROM inserted) ORDER BY l.key) AS keys
 )
 SELECT (SELECT p.event_id FROM purged_events AS p
@@ -103,9 +105,10 @@ They are held to the commit; each statement after this one sees what the others 
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
+HAND_OFF_TYPES = ("text", "text", "text", "double precision", "double precision")
 HAND_OFF_TOGETHER = f"""
 UPDATE deliveries AS d SET lease_owner = h.owner, lease_expires_at = h.lease_until
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::double precision[], %s::double precision[])
+FROM unnest({arrays(HAND_OFF_TYPES)})
     AS h (event_id, sink, owner, lease_until, now)
 WHERE d.event_id = h.event_id AND d.sink = h.sink AND d.status = 'pending' AND d.reminder IS NULL
   AND d.next_attempt_at <= h.now AND (d.ordering_key IS NULL OR NOT {statements.WAITS_BEHIND})
@@ -114,13 +117,15 @@ RETURNING d.id, d.event_id, d.sink, d.locale
 """statements.HAND_OFF for every ingest of a group commit at once: new deliveries leased to the worker of their
 process, where a claim would take them. After the events' rows and their appointments' locks, in a statement of
 its own: it sees what other transactions on those appointments committed."""
+ATTEMPT_TYPES = (
+    *("text", "integer", "double precision", "double precision", "text", "integer", "text"),  # the attempt's row
+    *("text", "double precision", "text", "double precision", "text"),  # status, next attempt, dead reason, now, owner
+)
 RECORD_ATTEMPTS = f"""
 WITH given AS (
-    SELECT * FROM unnest(
-        %s::text[], %s::integer[], %s::double precision[], %s::double precision[], %s::text[], %s::integer[],
-        %s::text[], %s::text[], %s::double precision[], %s::text[], %s::double precision[], %s::text[]
-    ) WITH ORDINALITY AS g (delivery_id, number, started_at, duration_ms, outcome, status_code, detail,
-                            status, next_attempt_at, dead_reason, now, owner, position)
+    SELECT * FROM unnest({arrays(ATTEMPT_TYPES)}) WITH ORDINALITY
+        AS g (delivery_id, number, started_at, duration_ms, outcome, status_code, detail,
+              status, next_attempt_at, dead_reason, now, owner, position)
 ),
 attempt AS (
     INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, status_code, detail)
@@ -238,9 +243,7 @@ async def hand_off_together(
         if each.handoff is not None
         for sink in each.handoff.sinks
     ]
-    rows = await (
-        await conn.execute(HAND_OFF_TOGETHER, [list(column) for column in zip(*given, strict=True)])
-    ).fetchall()
+    rows = await (await conn.execute(HAND_OFF_TOGETHER, columns(given, HAND_OFF_TYPES))).fetchall()
     by_event: dict[str, list[tuple[str, str, str | None]]] = {}
     for delivery_id, event_id, sink, locale in rows:
         by_event.setdefault(event_id, []).append((delivery_id, sink, locale))
@@ -264,21 +267,18 @@ class Recording:
 
 async def record_together(conn: psycopg.AsyncConnection[Any], recordings: Sequence[Recording]) -> list[Recorded]:
     """What came of each recording; a moved delivery's fallback, should it have one, is inserted and announced."""
-    columns = zip(
-        *(
-            (
-                *attempt_row(each.delivery_id, each.attempt),
-                each.transition.status,
-                each.transition.next_attempt_at,
-                each.transition.dead_reason,
-                each.now,
-                each.owner,
-            )
-            for each in recordings
-        ),
-        strict=True,
-    )
-    rows = await (await conn.execute(RECORD_ATTEMPTS, [list(column) for column in columns])).fetchall()
+    given = [
+        (
+            *attempt_row(each.delivery_id, each.attempt),
+            each.transition.status,
+            each.transition.next_attempt_at,
+            each.transition.dead_reason,
+            each.now,
+            each.owner,
+        )
+        for each in recordings
+    ]
+    rows = await (await conn.execute(RECORD_ATTEMPTS, columns(given, ATTEMPT_TYPES))).fetchall()
     for each, (moved, _) in zip(recordings, rows, strict=True):
         if moved and each.fallback is not None:
             now = each.now
