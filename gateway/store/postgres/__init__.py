@@ -1,5 +1,8 @@
 """PostgreSQL store, for several gateway processes on one database (psycopg 3, async, pooled).
 
+Ingests and attempts' records go in group commits (`_write`): one transaction on one connection for every write
+that waits, their statements merged (writes.py); the rest is a transaction per call (`_run`).
+
 Claims lock rows with FOR UPDATE SKIP LOCKED, so that workers never wait on each other and never take the same
 delivery; leases still bound a claim in time, so that a killed worker's deliveries come back. Every ingest that
 creates deliveries sends NOTIFY gateway_deliveries in its transaction: listening workers look at once, on commit.
