@@ -18,7 +18,7 @@ import pytest
 from gateway.exceptions import StorageError
 from gateway.routing import Target
 from gateway.store.sqlite import SQLiteStore
-from gateway.store.sqlite.engine import INLINE_CHECKPOINT_PAGES, Checkpointer, Engine, WriterConnection
+from gateway.store.sqlite.engine import INLINE_CHECKPOINT_PAGES, PAGE_SIZE, Checkpointer, Engine, WriterConnection
 from tests.helpers import record, until
 
 pytestmark = pytest.mark.anyio
@@ -31,6 +31,21 @@ async def test_the_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> N
     assert store.engine.writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.engine.writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.engine.writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
+    assert store.engine.writer.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 2048
+    await store.close()
+
+
+async def test_a_file_made_with_other_pages_keeps_them_and_serves(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "g.db") as made_before:
+        made_before.execute("PRAGMA page_size = 4096")
+        made_before.execute("CREATE TABLE kept (n INTEGER)")
+    made_before.close()
+    store = SQLiteStore(tmp_path / "g.db")
+    await store.open()
+    assert store.engine.writer is not None
+    assert store.engine.writer.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert not (await store.ingest(record("evt_1"), [Target("crm")])).duplicate
+    assert await store.count_events() == 1
     await store.close()
 
 
@@ -123,7 +138,7 @@ async def test_the_log_is_copied_into_the_database_in_the_background_not_by_comm
     pages = store.engine.writer.execute("PRAGMA page_count").fetchone()[0]  # as read through the log
 
     def in_the_file() -> int:
-        return database.stat().st_size // 4096
+        return database.stat().st_size // PAGE_SIZE
 
     await until(lambda: in_the_file() == pages, "the background checkpoint", 5)
     await store.close()
@@ -140,8 +155,9 @@ async def test_a_log_that_keeps_growing_under_load_is_started_over(tmp_path: Pat
         await store.ingest(record(f"evt_{n}", id=f"event-{n}"), [Target("crm")])
     log_bytes = (tmp_path / "g.db-wal").stat().st_size
     await store.close()
-    print(f"2,000 commits with a restart past 100 pages: the log file is {log_bytes / 4096:.0f} pages long")
-    assert log_bytes < 8_000 * 4096  # never started over, it holds every commit's pages: 16,000 here
+    frames = log_bytes // (PAGE_SIZE + 24)  # a page and its frame's header
+    print(f"2,000 commits with a restart past 100 pages: the log file is {frames} pages long")
+    assert frames < 8_000  # never started over, it holds every commit's pages: 16,000 here
 
 
 async def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
