@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from gateway.exceptions import StorageError
 from gateway.store.group_commit import GroupCommit, PendingWrite
@@ -35,6 +37,18 @@ class Journal:
         if self.fail is not None:
             raise self.fail
         self.committed += transaction
+
+
+async def one_then_two_behind(
+    tasks: TaskGroup, write: Callable[[int], Coroutine[Any, Any, None]], journal: Journal
+) -> None:
+    """Write 1 commits alone, writes 2 and 3 queue behind it, then its commit is let go."""
+    tasks.start_soon(write, 1)
+    await anyio.wait_all_tasks_blocked()
+    tasks.start_soon(write, 2)
+    tasks.start_soon(write, 3)
+    await anyio.wait_all_tasks_blocked()
+    journal.let_go[1].set()
 
 
 def appending(n: int) -> PendingWrite[list[int]]:
@@ -79,12 +93,7 @@ async def test_a_failed_commit_fails_each_of_its_writes_and_the_next_batch_goes_
             errors[n] = str(error)
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(write, 1)
-        await anyio.wait_all_tasks_blocked()
-        tasks.start_soon(write, 2)
-        tasks.start_soon(write, 3)
-        await anyio.wait_all_tasks_blocked()
-        journal.let_go[1].set()
+        await one_then_two_behind(tasks, write, journal)
     assert errors == {1: "disk full", 2: "disk full", 3: "disk full"}
     journal.fail = None
     assert await group.write(appending(4)) == 40
@@ -127,12 +136,7 @@ async def test_when_the_committing_writer_is_cancelled_the_others_in_its_batch_l
         learned[n] = "cancelled"
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(write, 1)
-        await anyio.wait_all_tasks_blocked()
-        tasks.start_soon(write, 2)
-        tasks.start_soon(write, 3)
-        await anyio.wait_all_tasks_blocked()
-        journal.let_go[1].set()
+        await one_then_two_behind(tasks, write, journal)
         await anyio.wait_all_tasks_blocked()  # [2, 3] is being committed by one of them
         assert journal.batches == [[1], [2, 3]]
         committer = tasks_of[journal.committers[1]]
