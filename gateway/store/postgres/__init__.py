@@ -595,7 +595,7 @@ class PostgresStore:
             raise StorageError(f"PostgreSQL {_safe(self.url)}: {error}") from error
 
     async def _write(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[R]]) -> R:
-        """A write in a group commit (`_commit_together`)."""
+        """An ingest or an attempt's record (`Ingesting`, `Recording`), in a group commit (`_commit_together`)."""
         if not self._opened:
             raise StorageError(f"PostgreSQL {_safe(self.url)}: the store is not open")
         try:

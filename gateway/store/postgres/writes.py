@@ -298,19 +298,17 @@ class Purged(Exception):
 async def run_together(
     conn: psycopg.AsyncConnection[Any], batch: Sequence[PendingWrite[psycopg.AsyncConnection[Any]]]
 ) -> None:
-    """Every write of the batch, in the transaction open on `conn`, each write's result set: the attempts' records
-    together, then the ingests together, then the other writes in their order. A write's error is raised (the
-    transaction must then be rolled back)."""
+    """Every write of the batch (ingests and attempts' records: the store's `_write` takes no other), in the
+    transaction open on `conn`, each write's result set: the records together, then the ingests together. A write's
+    error is raised (the transaction must then be rolled back)."""
     recordings = [(write, write.operation) for write in batch if isinstance(write.operation, Recording)]
+    ingests = [(write, write.operation) for write in batch if isinstance(write.operation, Ingesting)]
+    assert len(recordings) + len(ingests) == len(batch), "a group commit runs ingests and records only"
     if recordings:
         recorded = await record_together(conn, [recording for _, recording in recordings])
         for (write, _), outcome in zip(recordings, recorded, strict=True):
             write.result = outcome
-    ingests = [(write, write.operation) for write in batch if isinstance(write.operation, Ingesting)]
     if ingests:
         ingested = await ingest_together(conn, [ingesting for _, ingesting in ingests])
         for (write, _), result in zip(ingests, ingested, strict=True):
             write.result = result
-    for write in batch:
-        if not isinstance(write.operation, Recording | Ingesting):
-            write.result = await write.operation(conn)
