@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
+from typing import Any
 
 import anyio
 import httpx
@@ -28,6 +29,7 @@ from gateway.store.base import (
     Transition,
 )
 from gateway.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
+from gateway.store.postgres.writes import APPOINTMENT_LOCKS
 from tests.conftest import moncreneau_request
 from tests.helpers import record, until
 from tests.peers import postgres_cluster
@@ -444,3 +446,42 @@ async def test_the_same_provider_event_twice_in_one_group_commit_is_stored_once(
         assert len(await store.deliveries(stored.event_id)) == 1
     finally:
         await store.close()
+
+
+async def test_two_processes_committing_events_of_the_same_appointments_never_deadlock(migrated: str) -> None:
+    """Each commit takes its appointments' locks in the order of their keys, whatever order its events came in. Two
+    processes' commits hold events of the same appointments in opposite orders, and another session holds one of
+    those appointments' lock until both wait for it: they then wait for each other in turn, never in a circle,
+    which PostgreSQL would break after a second by failing a commit (whose writes then run again one by one)."""
+    stores = [PostgresStore(migrated), PostgresStore(migrated)]
+    for store in stores:
+        await store.open()
+    handoff = Handoff("w1", 1030.0, frozenset({"crm"}))
+    lock = f"hashtextextended(%s, {APPOINTMENT_LOCKS})"
+    middle = "moncreneau\n15"
+
+    async def ingest(process: int, appointment: int) -> None:
+        event = record(f"evt_{process}_{appointment}", appointment_id=str(appointment), key=f"k{appointment}")
+        await stores[process].ingest(event, [Target("crm")], handoff=handoff)
+
+    async def waiting_for_the_middle(session: psycopg.AsyncConnection[Any]) -> bool:
+        cursor = await session.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return await cursor.fetchone() == (2,)
+
+    try:
+        async with await psycopg.AsyncConnection.connect(migrated, autocommit=True) as other:
+            await other.execute(f"SELECT pg_advisory_lock({lock})", (middle,))
+            async with anyio.create_task_group() as tasks:
+                for process, order in ((0, range(30)), (1, reversed(range(30)))):
+                    for n in order:  # the first commits alone; the 29 others together, up to the middle one
+                        tasks.start_soon(ingest, process, n)
+                await until(partial(waiting_for_the_middle, other), "both commits to wait for the middle lock", 5)
+                await other.execute(f"SELECT pg_advisory_unlock({lock})", (middle,))
+        assert await stores[0].count_events() == 60
+    finally:
+        for store in stores:
+            await store.close()
+    async with await psycopg.AsyncConnection.connect(migrated, autocommit=True) as connection:
+        # the stores' connections have ended: their server processes have reported their counts
+        cursor = await connection.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        assert await cursor.fetchone() == (0,)

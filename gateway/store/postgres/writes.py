@@ -59,6 +59,10 @@ EVENT_TYPES = tuple(
 DELIVERY_COLUMNS = INSERT_DELIVERY[INSERT_DELIVERY.index("(") + 1 : INSERT_DELIVERY.index(")")]
 
 
+APPOINTMENT_LOCKS = 7395013620946
+"""The seed of the advisory locks' keys taken per appointment (`hashtextextended("source\\nappointment", seed)`)."""
+
+
 def arrays(types: Sequence[str]) -> str:
     """Placeholders for one array of each type, sent in binary: psycopg's text form escapes each element with a
     regular expression, 14 times the CPU."""
@@ -82,7 +86,7 @@ delivered AS (
     WHERE d.event_id IN (SELECT id FROM inserted)
 ),
 locked AS (
-    SELECT count(pg_advisory_xact_lock(hashtextextended(key, 7395013620946))) AS locks
+    SELECT count(pg_advisory_xact_lock(hashtextextended(key, {APPOINTMENT_LOCKS}))) AS locks
     FROM (SELECT DISTINCT l.key FROM unnest({arrays(("text", "text"))}) AS l (event_id, key)
           WHERE l.event_id IN (SELECT id FROM inserted) ORDER BY l.key) AS keys
 )
