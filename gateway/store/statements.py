@@ -28,13 +28,6 @@ WAITS_BEHIND = """EXISTS (
 """Delivery `d` waits behind an earlier pending one of the same appointment and sink (ordered by the provider's
 time, then arrival, then id), whether that one is leased or waiting for its next retry. Reminders keep their own
 time: they neither wait nor hold anything back."""
-HAND_OFF = f"""
-UPDATE deliveries AS d {{by_event}} SET lease_owner = ?, lease_expires_at = ?
-WHERE d.event_id = ? AND d.sink IN ({{sinks}}) AND d.status = 'pending' AND d.reminder IS NULL
-  AND d.next_attempt_at <= ? AND (d.ordering_key IS NULL OR NOT {WAITS_BEHIND})
-RETURNING id, sink, locale
-"""
-"""An ingest's new deliveries leased to the worker of its process, where a claim would take them."""
 FOLLOWED = """
 SELECT EXISTS (
     SELECT 1 FROM deliveries AS d CROSS JOIN deliveries AS e
@@ -60,7 +53,7 @@ ON CONFLICT DO NOTHING
 
 
 def handed_off(event: EventRecord, rows: Sequence[tuple[str, str, str | None]]) -> tuple[ClaimedDelivery, ...]:
-    """HAND_OFF's rows as the claim of new deliveries due on receipt, before any attempt."""
+    """A hand-off's rows (id, sink, locale) as the claim of new deliveries due on receipt, before any attempt."""
     return tuple(
         ClaimedDelivery(
             delivery_id, event.id, sink, 0, event.received_at, 0, locale, event.canonical or "", None, event.received_at

@@ -5,9 +5,9 @@ that waits, their statements merged (writes.py); the rest is a transaction per c
 
 Claims lock rows with FOR UPDATE SKIP LOCKED, so that workers never wait on each other and never take the same
 delivery; leases still bound a claim in time, so that a killed worker's deliveries come back. Every ingest that
-creates deliveries sends NOTIFY gateway_deliveries in its transaction: listening workers look at once, on commit.
-The schema is versioned (gateway/store/migrations/NNNN_name.sql), applied by `appointment-gateway migrate` and
-checked at open.
+creates deliveries no worker took from it sends NOTIFY gateway_deliveries in its transaction: listening workers look
+at once, on commit. The schema is versioned (gateway/store/migrations/NNNN_name.sql), applied by `appointment-gateway
+migrate` and checked at open.
 """
 
 from __future__ import annotations

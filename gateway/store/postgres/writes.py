@@ -40,7 +40,6 @@ FIND_EVENT_ID = for_psycopg(statements.FIND_EVENT_ID)
 INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
 INSERT_FALLBACK = for_psycopg(statements.INSERT_FALLBACK)
 FOLLOWED = for_psycopg(statements.FOLLOWED)
-FIND_PURGED = for_psycopg(statements.FIND_PURGED)
 
 DELIVERY_TYPES = (
     *("text",) * 5,  # id, event_id, sink, locale, ordering_key
@@ -48,7 +47,7 @@ DELIVERY_TYPES = (
     *("text",) * 2,  # status, dead_reason
     *("double precision",) * 4,  # next_attempt_at, updated_at, reminder, due_at
 )
-"""INSERT_DELIVERY's columns' types, which rows in a VALUES list must say: PostgreSQL infers them only there."""
+"""INSERT_DELIVERY's columns' types, as INSERT_EVENTS receives them (each array given to unnest says its type)."""
 
 
 EVENT_TYPES = tuple(
@@ -118,7 +117,7 @@ WHERE d.event_id = h.event_id AND d.sink = h.sink AND d.status = 'pending' AND d
   AND d.next_attempt_at <= h.now AND (d.ordering_key IS NULL OR NOT {statements.WAITS_BEHIND})
 RETURNING d.id, d.event_id, d.sink, d.locale
 """
-"""statements.HAND_OFF for every ingest of a group commit at once: new deliveries leased to the worker of their
+"""The SQLite store's HAND_OFF for every ingest of a group commit at once: new deliveries leased to the worker of their
 process, where a claim would take them. After the events' rows and their appointments' locks, in a statement of
 its own: it sees what other transactions on those appointments committed."""
 ATTEMPT_TYPES = (

@@ -63,7 +63,6 @@ from gateway.store.statements import (
     FORGET_PURGED,
     FORGET_TRAFFIC,
     GET_STATE,
-    HAND_OFF,
     INSERT_ATTEMPT,
     INSERT_DELIVERY,
     INSERT_FALLBACK,
@@ -176,6 +175,14 @@ BY_EVENT = "INDEXED BY deliveries_one"
 """Without statistics SQLite rates an event's deliveries (deliveries_one) no better than every pending delivery of a
 sink (deliveries_due): the follow-up and handoff statements name the index."""
 LIST_STATE = "SELECT key, value FROM sink_state WHERE sink = ? AND substr(key, 1, ?) = ? ORDER BY key"
+HAND_OFF = f"""
+UPDATE deliveries AS d {BY_EVENT} SET lease_owner = ?, lease_expires_at = ?
+WHERE d.event_id = ? AND d.sink IN ({{sinks}}) AND d.status = 'pending' AND d.reminder IS NULL
+  AND d.next_attempt_at <= ? AND (d.ordering_key IS NULL OR NOT {WAITS_BEHIND})
+RETURNING id, sink, locale
+"""
+"""An ingest's new deliveries leased to the worker of its process, where a claim would take them. RETURNING takes
+no table alias in SQLite ("no such column: d.id")."""
 
 
 class SQLiteStore:
@@ -244,7 +251,7 @@ class SQLiteStore:
                         found += withheld(db.execute(step.sql, step.parameters).fetchall())
                 leased: list[tuple[str, str, str | None]] = []
                 if handoff is not None and handoff.sinks and skipped is None:
-                    statement = HAND_OFF.format(by_event=BY_EVENT, sinks=", ".join("?" for _ in handoff.sinks))
+                    statement = HAND_OFF.format(sinks=", ".join("?" for _ in handoff.sinks))
                     parameters = (handoff.owner, handoff.lease_until, event.id, *handoff.sinks, event.received_at)
                     leased = db.execute(statement, parameters).fetchall()
                 return Ingested(event.id, False, tuple(found), handed_off(event, leased))
