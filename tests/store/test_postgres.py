@@ -29,7 +29,7 @@ from gateway.store.base import (
     Transition,
 )
 from gateway.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
-from gateway.store.postgres.writes import APPOINTMENT_LOCKS
+from gateway.store.postgres.writes import APPOINTMENT_LOCKS, Ingesting, Recording, ingest_together, record_together
 from tests.conftest import moncreneau_request
 from tests.helpers import record, until
 from tests.peers import postgres_cluster
@@ -424,6 +424,44 @@ async def test_ingests_in_one_group_commit_each_get_their_own_handoff(migrated: 
         assert await store.claim("crm", limit=10, now=1000.0, owner="w2", lease_until=1030.0) != []  # evt_stored's
     finally:
         await store.close()
+
+
+async def test_recording_finds_its_deliveries_by_index_after_the_table_grew(migrated: str) -> None:
+    """Records run many times while deliveries is small, then the table grows with no ANALYZE (as under load, between
+    two of autovacuum's): the next batch of records reads none of the table by a full scan. A prepared statement's
+    generic plan, made while the table was small, read all of it for every batch."""
+    handoff = Handoff("w1", 1030.0, frozenset({"crm"}))
+
+    def batch(first: int, size: int) -> list[Ingesting]:
+        return [
+            Ingesting(record(f"evt_{n}", key=f"mc:appointment:{n}"), [Target("crm")], None, None, handoff)
+            for n in range(first, first + size)
+        ]
+
+    def recordings(outcomes: list[Ingested]) -> list[Recording]:
+        succeeded = Transition("succeeded")
+        attempt = AttemptRecord(1, 1000.0, 5.0, "succeeded", 204)
+        return [Recording(d.id, "w1", attempt, succeeded, 1001.0, None) for each in outcomes for d in each.leased]
+
+    async def rows_scanned(conn: psycopg.AsyncConnection[Any]) -> int:
+        """Read by full scans of deliveries, by this connection, since its statistics were last sent."""
+        query = "SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'deliveries'"
+        row = await (await conn.execute(query)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with await psycopg.AsyncConnection.connect(migrated) as conn:
+        await conn.execute("ALTER TABLE deliveries SET (autovacuum_enabled = false)")
+        for n in range(12):  # psycopg prepares a statement on its 6th run, the server plans it generically on its 6th
+            await record_together(conn, recordings(await ingest_together(conn, batch(n * 10, 10))))
+            await conn.commit()
+        await ingest_together(conn, batch(1000, 3000))
+        await conn.commit()
+        last = recordings(await ingest_together(conn, batch(5000, 20)))
+        before = await rows_scanned(conn)
+        recorded = await record_together(conn, last)
+        assert await rows_scanned(conn) == before
+        assert [outcome.moved for outcome in recorded] == [True] * 20
 
 
 async def test_the_same_provider_event_twice_in_one_group_commit_is_stored_once(migrated: str) -> None:
