@@ -112,17 +112,21 @@ def start(command: list[str], port: int, log: Path, env: dict[str, str] | None =
     raise RuntimeError(f"{command} did not listen on {port}; see {log}")
 
 
+UVICORN = ["--app-dir", str(ROOT), "--log-level", "warning"]
+"""uvicorn's options for the benchmark's own apps: found from any working directory."""
+
+
 def start_receiver(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     """The counting receiver (bench/receiver.py) on a free port."""
     port = free_port()
-    command = [PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(port), "--log-level", "warning"]
+    command = [PYTHON, "-m", "uvicorn", "bench.receiver:app", *UVICORN, "--port", str(port)]
     return start(command, port, work / "receiver.log"), port
 
 
 def bare_uvicorn(work: Path, requests: Path, connections: int, duration: int, *stack: str) -> dict[str, float]:
     """The baseline: wrk against bench/bare.py on uvicorn, with the gateway's HTTP stack unless `stack` says."""
     port = free_port()
-    command = [PYTHON, "-m", "uvicorn", "bench.bare:app", "--port", str(port), "--log-level", "warning", *stack]
+    command = [PYTHON, "-m", "uvicorn", "bench.bare:app", *UVICORN, "--port", str(port), *stack]
     bare = start(command, port, work / "bare.log")
     try:
         return wrk(f"http://127.0.0.1:{port}", requests, connections, duration)
