@@ -108,18 +108,23 @@ They are held to the commit; each statement after this one sees what the others 
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
-HAND_OFF_TYPES = ("text", "text", "text", "double precision", "double precision")
+HAND_OFF_TYPES = ("text", "text", "text", "text", "double precision", "double precision")
 HAND_OFF_TOGETHER = f"""
 UPDATE deliveries AS d SET lease_owner = h.owner, lease_expires_at = h.lease_until
 FROM unnest({arrays(HAND_OFF_TYPES)})
-    AS h (event_id, sink, owner, lease_until, now)
-WHERE d.event_id = h.event_id AND d.sink = h.sink AND d.status = 'pending' AND d.reminder IS NULL
+    AS h (event_id, sink, pending, owner, lease_until, now)
+WHERE d.event_id = h.event_id AND d.sink = h.sink AND d.status = h.pending AND d.reminder IS NULL
   AND d.next_attempt_at <= h.now AND (d.ordering_key IS NULL OR NOT {statements.WAITS_BEHIND})
 RETURNING d.id, d.event_id, d.sink, d.locale
 """
 """The SQLite store's HAND_OFF for every ingest of a group commit at once: new deliveries leased to the worker of their
 process, where a claim would take them. After the events' rows and their appointments' locks, in a statement of
-its own: it sees what other transactions on those appointments committed."""
+its own: it sees what other transactions on those appointments committed.
+
+The status is compared with a given 'pending', not a constant, so that no plan can read the pending deliveries'
+partial indexes: the planner chose them when its statistics counted few pending deliveries, and then read every
+pending delivery for each batch (60 times the batch's rows in bench/compare.py --postgres; a backlog's worth when
+statistics lag behind a growing backlog). Each delivery is found by its event and sink."""
 ATTEMPT_TYPES = (
     *("text", "integer", "double precision", "double precision", "text", "integer", "text"),  # the attempt's row
     *("text", "double precision", "text", "double precision", "text"),  # status, next attempt, dead reason, now, owner
@@ -241,7 +246,7 @@ async def hand_off_together(
 ) -> list[tuple[ClaimedDelivery, ...]]:
     """The deliveries each stored ingest leased to its worker, in one statement for all of them."""
     given = [
-        (each.event.id, sink, each.handoff.owner, each.handoff.lease_until, each.event.received_at)
+        (each.event.id, sink, "pending", each.handoff.owner, each.handoff.lease_until, each.event.received_at)
         for each in ingestings
         if each.handoff is not None
         for sink in each.handoff.sinks
