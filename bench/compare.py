@@ -11,7 +11,10 @@ Each round runs each install once, the order alternating from round to round: a 
 --processes N` (a worker in each process) flat out under wrk with events no earlier load sent, each with a customer
 of its own, until every accepted event has reached the receiver. Per run: accepted requests/s, delivered/s during
 the load, the backlog's growth over the load's second half, acknowledgement p50 and p99, and the CPU of all the
-gateway's processes per delivered event, from the load's start until its last event was delivered. Needs wrk.
+gateway's processes per delivered event, from the load's start until its last event was delivered. The same gateway
+then takes a load paced at half the rate it accepted flat out (issue 16's latency target: p99 within 20 ms there),
+with new events: its requests/s, p50, p99, backlog growth and CPU per delivered event are printed as `paced ...`.
+Needs wrk.
 
 With `--postgres URL` (a database the benchmark empties before each of its runs), this checkout on PostgreSQL
 alternates with itself on SQLite instead, and the PostgreSQL server's CPU per delivered event (every `postgres`
@@ -36,6 +39,7 @@ from bench.run import (  # noqa: E402
     Gateway,
     free_port,
     gateway_phase,
+    pace_for,
     start,
     start_receiver,
     stop,
@@ -72,14 +76,17 @@ def one_run(install: Install, work: Path, number: int, args: argparse.Namespace)
     processes = [start(serve, port, folder / "serve.log", env=environment)]
     if args.separate_worker:
         processes.append(start([*command, "worker"], port, folder / "worker.log", env=environment))
-    requests = folder / "requests.tsv"
+    requests, paced_requests = folder / "requests.tsv", folder / "paced.tsv"
     write_requests(requests, "unique", args.events, first=number * args.events, per_customer=args.per_customer)
+    paced_first = (args.rounds + number) * args.events  # events neither this run's flat-out load nor any other sent
+    write_requests(paced_requests, "unique", args.events, first=paced_first, per_customer=args.per_customer)
     try:
         gateway = Gateway(
             processes, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{receiver_port}", args.connections, args.duration
         )
         phase = gateway_phase(gateway, requests)
         server_cpu = postgres_cpu_seconds() - server_cpu
+        paced = gateway_phase(gateway, paced_requests, pace_for(args.connections, phase.load["rps"] / 2))
     finally:
         stop(processes)
         stop([receiver])
@@ -92,8 +99,13 @@ def one_run(install: Install, work: Path, number: int, args: argparse.Namespace)
         "ack p50 ms": phase.load["p50"],
         "ack p99 ms": phase.load["p99"],
         "CPU ms per delivered event": phase.cpu_ms_per_request * phase.load["requests"] / delivered,
-        "non-2xx": phase.load["non_2xx"],
+        "non-2xx": phase.load["non_2xx"] + paced.load["non_2xx"],
         **server,
+        "paced at half: requests/s": paced.load["rps"],
+        "paced: backlog growth /s": paced.backlog_growth,
+        "paced: ack p50 ms": paced.load["p50"],
+        "paced: ack p99 ms": paced.load["p99"],
+        "paced: CPU ms per delivered event": paced.cpu_ms_per_request * paced.load["requests"] / max(1, paced.accepted),
     }
 
 

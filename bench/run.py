@@ -135,6 +135,11 @@ def bare_uvicorn(work: Path, requests: Path, connections: int, duration: int, *s
         bare.wait()
 
 
+def pace_for(connections: int, rate: float) -> int:
+    """The per-connection wait (bench/post.lua's BENCH_PACE_MS) for `connections` to send `rate` requests/s."""
+    return max(1, round(connections * 1000 / rate))
+
+
 def wrk(url: str, requests: Path, connections: int, duration: int, pace_ms: int | None = None) -> dict[str, float]:
     """One wrk run; with `pace_ms`, each connection waits that long on average between requests (bench/post.lua)."""
     threads = 2
@@ -413,8 +418,7 @@ def main() -> int:
         requests_per_event = flat_out.load["requests"] / max(1, flat_out.accepted)  # 10 with --mode duplicates
 
         def paced(number: int, rate: float) -> Phase:
-            pace_ms = max(1, round(args.connections * 1000 / rate))
-            phase = gateway_phase(gateway, more(work, args, number + 2), pace_ms)
+            phase = gateway_phase(gateway, more(work, args, number + 2), pace_for(args.connections, rate))
             flat = phase.load["non_2xx"] == 0 and phase.backlog_growth <= max(5.0, 0.02 * phase.events_per_second)
             fast = phase.load["p99"] <= args.p99_target
             print(
