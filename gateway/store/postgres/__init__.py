@@ -48,7 +48,6 @@ from gateway.store.buckets import Taken
 from gateway.store.group_commit import GroupCommit, PendingWrite
 from gateway.store.postgres.writes import (
     CHANNEL,
-    EVENT_COLUMNS,
     NOTIFY,
     Ingesting,
     Purged,
@@ -64,6 +63,7 @@ from gateway.store.queries import (
     summary,
 )
 from gateway.store.statements import (
+    EVENT_COLUMNS,
     for_psycopg,
     sink_stats_row,
     traffic_row,

@@ -31,11 +31,10 @@ from gateway.store.base import (
 from gateway.store.follow_up import ringing, withheld
 from gateway.store.follow_up import steps as follow_up_steps
 from gateway.store.group_commit import PendingWrite
-from gateway.store.statements import attempt_row, delivery_rows, for_psycopg, handed_off
+from gateway.store.statements import EVENT_COLUMNS, attempt_row, delivery_rows, for_psycopg, handed_off
 
 CHANNEL = "gateway_deliveries"
 """Where an ingest or a requeue says which sinks have new deliveries (LISTEN in every worker's process)."""
-EVENT_COLUMNS = statements.EVENT_COLUMNS
 FIND_EVENT_ID = for_psycopg(statements.FIND_EVENT_ID)
 INSERT_DELIVERY = for_psycopg(statements.INSERT_DELIVERY)
 INSERT_FALLBACK = for_psycopg(statements.INSERT_FALLBACK)
